@@ -1,0 +1,6 @@
+"""jreg-lightning command line: ``python cli.py {fit,validate,test,...} --config ...``."""
+
+from jreg_lightning.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""The project's own subcommands beside LightningCLI's fit / validate / test.
+
+Each entry maps a subcommand of ``cli.py`` to ``(module, function)``; the
+function's typed signature is the command's arguments (jsonargparse builds the
+parser, so ``--help`` and ``--config`` work). Modules are imported only when
+their command runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def run_extra_command(name: str, args: Sequence[str]) -> object:
+    """Parse ``args`` against the command's signature and run it."""
+    from jsonargparse import auto_cli
+
+    module_name, function_name = EXTRA_COMMANDS[name]
+    function = getattr(importlib.import_module(module_name), function_name)
+    return auto_cli(function, args=list(args), as_positional=False)

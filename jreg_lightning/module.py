@@ -1,0 +1,213 @@
+"""The LightningModule: a Hugging Face Llama pretrained with CE + JREG."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torchmetrics.aggregation import MeanMetric
+
+from jreg_lightning.displacement import displacement, masked_sum_and_count
+from jreg_lightning.metrics import LayerProfileMetric
+from jreg_lightning.model_config import LlamaModelConfig, build_llama
+from jreg_lightning.optim import OptimConfig, build_optimizer
+from jreg_lightning.regularizer import JregConfig, JumpRegularizer
+
+
+def _as_config(value, cls):
+    """Accept a dataclass or the plain dict a checkpoint's hyperparameters hold."""
+    return value if isinstance(value, cls) else cls(**dict(value))
+
+
+class JregLightningModule(L.LightningModule):
+    """Pretrains ``LlamaForCausalLM`` with ``L_CE + lam * sum_l w_l * Psi_l``.
+
+    The model is built in ``configure_model`` (so a strategy can build it on the
+    meta device and shard it). Each log step it measures the full layer
+    profile, J and J_late on the training batch; validation accumulates them
+    over the whole split.
+
+    Args:
+        llama: shape of the model.
+        jreg: lambda, layer weights and which final state to use.
+        optim: AdamW and the warmup + cosine schedule.
+    """
+
+    def __init__(
+        self,
+        llama: LlamaModelConfig | None = None,
+        jreg: JregConfig | None = None,
+        optim: OptimConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.llama_config = _as_config(llama or LlamaModelConfig(), LlamaModelConfig)
+        self.jreg_config = _as_config(jreg or JregConfig(), JregConfig)
+        self.optim_config = _as_config(optim or OptimConfig(), OptimConfig)
+        # Plain dicts keep the checkpoint loadable with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            {
+                "llama": asdict(self.llama_config),
+                "jreg": asdict(self.jreg_config),
+                "optim": asdict(self.optim_config),
+            }
+        )
+        num_layers = self.llama_config.num_layers
+        self.regularizer = JumpRegularizer(self.jreg_config, num_layers)
+        self.train_profile = LayerProfileMetric(num_layers)
+        self.val_profile = LayerProfileMetric(num_layers)
+        self.val_loss = MeanMetric()
+        self.model = None
+        self.last_validation: dict | None = None
+
+    # ----------------------------------------------------------------- model
+    def configure_model(self) -> None:
+        """Build the Llama once; a second call (validate after fit) is a no-op."""
+        if self.model is not None:
+            return
+        self.model = build_llama(self.llama_config)
+
+    def forward_with_states(self, input_ids: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Logits ``(batch, seq, vocab)`` and the states h_0 ... h_L of the JREG config."""
+        captured: dict[str, Tensor] = {}
+        hook = None
+        if self.jreg_config.final_state == "pre_norm":
+
+            def keep_output(_module, _inputs, output):
+                captured["last"] = output[0] if isinstance(output, tuple) else output
+
+            hook = self.model.model.layers[-1].register_forward_hook(keep_output)
+        try:
+            out = self.model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
+        finally:
+            if hook is not None:
+                hook.remove()
+        states = self.regularizer.select_states(out.hidden_states, captured.get("last"))
+        return out.logits, states
+
+    # -------------------------------------------------------------- training
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        """One step: forward -> CE + lam * sum_l w_l Psi_l; metrics at log steps only."""
+        inputs, targets = batch[:, :-1], batch[:, 1:].long()
+        logits, states = self.forward_with_states(inputs)
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        loss = ce
+        layer_sums: dict[int, Tensor] = {}
+        jreg = None
+        if self.regularizer.enabled:
+            jreg, layer_sums, _ = self.regularizer(states)
+            loss = ce + jreg
+
+        if self._is_log_step():
+            self.train_profile.update(*self._layer_sums_and_counts(states, layer_sums))
+            profile = self.train_profile.compute()
+            self.train_profile.reset()
+            metrics = {"train/ce": ce.detach()}
+            metrics["train/jreg"] = jreg.detach() if jreg is not None else torch.zeros_like(ce)
+            metrics.update(self._profile_metrics("train", profile))
+            self.log_dict(metrics)
+            self.log("train/loss", loss.detach(), prog_bar=True)
+        return loss
+
+    def _is_log_step(self) -> bool:
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        return trainer._logger_connector.should_update_logs
+
+    @torch.no_grad()
+    def _layer_sums_and_counts(
+        self, states: list[Tensor], known: dict[int, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Per-layer Psi sums ``(L,)`` and the position count, reusing sums already computed."""
+        known = known or {}
+        sums = []
+        count = None
+        for index in range(len(states) - 1):
+            if index in known:
+                sums.append(known[index])
+                continue
+            total, count = masked_sum_and_count(displacement(states[index], states[index + 1]), None)
+            sums.append(total)
+        if count is None:
+            count = torch.tensor(float(states[0].shape[0] * states[0].shape[1]))
+        return torch.stack(sums), count.to(states[0].device)
+
+    def _profile_metrics(self, stage: str, result: dict[str, Tensor]) -> dict[str, Tensor]:
+        metrics = {
+            f"{stage}/jump_strength": result["jump_strength"],
+            f"{stage}/jump_strength_late": result["jump_strength_late"],
+            f"{stage}/jump_layer": result["jump_layer"].float(),
+        }
+        for index, value in enumerate(result["profile"], start=1):
+            metrics[f"{stage}/psi/layer_{index:02d}"] = value
+        return metrics
+
+    # ------------------------------------------------------------ evaluation
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        """Accumulate token-weighted CE and the per-layer Psi sums over the split."""
+        inputs, targets = batch[:, :-1], batch[:, 1:].long()
+        logits, states = self.forward_with_states(inputs)
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        self.val_loss.update(ce, weight=targets.numel())
+        self.val_profile.update(*self._layer_sums_and_counts(states))
+
+    def on_validation_epoch_end(self) -> None:
+        """Log val/loss, val/ppl, the profile, J and J_late; print a table in ``validate``."""
+        loss = self.val_loss.compute()
+        profile = self.val_profile.compute()
+        self.val_loss.reset()
+        self.val_profile.reset()
+        metrics = {"val/loss": loss, "val/ppl": torch.exp(loss)}
+        metrics.update(self._profile_metrics("val", profile))
+        self.log_dict(metrics, sync_dist=False)
+        self.last_validation = {
+            "loss": float(loss),
+            "ppl": float(math.exp(min(float(loss), 80.0))),
+            "profile": [float(v) for v in profile["profile"]],
+            "jump_strength": float(profile["jump_strength"]),
+            "jump_strength_late": float(profile["jump_strength_late"]),
+            "jump_layer": int(profile["jump_layer"]),
+            "final_state": self.jreg_config.final_state,
+        }
+        if self._trainer is not None and self.trainer.state.fn in ("validate", "test"):
+            rank_zero_info(format_profile_table(self.last_validation))
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        """Same measurements as validation."""
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        """Same report as validation."""
+        self.on_validation_epoch_end()
+
+    # ------------------------------------------------------------ optimizer
+    def configure_optimizers(self):
+        """AdamW with warmup + cosine decay to ``min_lr``, stepped every optimizer step."""
+        optimizer, scheduler = build_optimizer(
+            self.model, self.optim_config, self.trainer.max_steps
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+
+def format_profile_table(report: dict) -> str:
+    """A per-layer table of Psi with J, J_late, the argmax layer and the loss."""
+    profile = report["profile"]
+    peak = max(profile[1:]) if len(profile) > 1 else max(profile)
+    lines = [f"Layer profile (final state: {report['final_state']})", "layer      Psi"]
+    for index, value in enumerate(profile, start=1):
+        bar = "#" * int(round(30 * value / peak)) if peak > 0 and index > 1 else ""
+        lines.append(f"{index:5d}  {value:.5f}  {bar}")
+    lines.append(
+        f"J = {report['jump_strength']:.3f}   J_late = {report['jump_strength_late']:.3f}   "
+        f"argmax layer = {report['jump_layer']}"
+    )
+    lines.append(f"val loss = {report['loss']:.4f}   ppl = {report['ppl']:.2f}")
+    return "\n".join(lines)

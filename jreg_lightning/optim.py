@@ -1,0 +1,101 @@
+"""AdamW with decoupled weight decay on matrices only, and warmup + cosine decay."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its learning-rate schedule.
+
+    Attributes:
+        lr: peak learning rate, reached after ``warmup_steps``.
+        min_lr: floor of the cosine decay, reached at ``trainer.max_steps``.
+        warmup_steps: linear warmup from 0 to ``lr``.
+        weight_decay: applied to weight matrices only (not norms, biases, embeddings).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+    """
+
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"model.optim.lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(
+                f"model.optim.min_lr must be between 0 and lr={self.lr}, got {self.min_lr}"
+            )
+        if self.warmup_steps < 0:
+            raise ValueError(f"model.optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        self.betas = tuple(self.betas)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decayed weight matrices, and everything else.
+
+    Norm weights and biases (1-D) and token embeddings are not decayed. A tied
+    LM head is the embedding and so is not decayed either.
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or "embed_tokens" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_ratio: float) -> float:
+    """Learning-rate multiplier at ``step``: linear warmup, cosine to ``min_ratio``.
+
+    Returns:
+        A factor in [min_ratio, 1] (below it only during warmup).
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if step >= max_steps:
+        return min_ratio
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(
+    model: nn.Module, config: OptimConfig, max_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (fused on CUDA, foreach elsewhere) and its per-step schedule."""
+    if max_steps is None or max_steps < 1:
+        raise ValueError(
+            f"trainer.max_steps must be set to a positive number (got {max_steps}); "
+            "pretraining and its cosine schedule are driven by max_steps"
+        )
+    on_cuda = all(p.is_cuda for p in model.parameters())
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay),
+        lr=config.lr,
+        betas=config.betas,
+        eps=config.eps,
+        fused=True if on_cuda else None,
+        foreach=None if on_cuda else True,
+    )
+    min_ratio = config.min_lr / config.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: warmup_cosine(step, config.warmup_steps, max_steps, min_ratio),
+    )
+    return optimizer, scheduler

@@ -1,0 +1,130 @@
+"""JREG: the weighted sum of per-layer displacements added to the loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from jreg_lightning.displacement import WEIGHT_SCHEMES, displacement, layer_weights, masked_sum_and_count
+
+FinalState = Literal["post_norm", "pre_norm"]
+WeightScheme = Literal["final", "last_k", "uniform", "linear", "explicit"]
+
+
+@dataclass
+class JregConfig:
+    """Settings of the JREG term ``lam * sum_l w_l * Psi_l``.
+
+    Attributes:
+        lam: strength lambda, >= 0; 0 is the plain cross-entropy baseline (the
+            profile is still measured and logged).
+        weights: layer-weight scheme: final, last_k, uniform, linear or explicit.
+        last_k: number of final blocks for ``weights: last_k``.
+        explicit_weights: one weight per block for ``weights: explicit``.
+        final_state: ``post_norm`` takes h_L after the final norm (the Hugging
+            Face ``output_hidden_states`` convention); ``pre_norm`` takes the raw
+            residual stream out of the last block.
+    """
+
+    lam: float = 0.0
+    weights: WeightScheme = "linear"
+    last_k: int | None = None
+    explicit_weights: list[float] | None = None
+    final_state: FinalState = "post_norm"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lam, (int, float)) or not self.lam >= 0 or self.lam == float("inf"):
+            raise ValueError(
+                f"jreg.lam must be a finite number >= 0, got {self.lam!r}; use 0 for the baseline"
+            )
+        if self.weights not in WEIGHT_SCHEMES:
+            raise ValueError(
+                f"jreg.weights: unknown scheme {self.weights!r}; use one of {', '.join(WEIGHT_SCHEMES)}"
+            )
+        if self.final_state not in ("post_norm", "pre_norm"):
+            raise ValueError(
+                f"jreg.final_state must be post_norm or pre_norm, got {self.final_state!r}"
+            )
+
+
+class JumpRegularizer(torch.nn.Module):
+    """Computes ``lam * sum_l w_l * Psi_l`` layer by layer.
+
+    Only layers with a non-zero weight are computed, one pair of states at a
+    time, so no float32 copy of all hidden states ever exists. Gradients flow
+    through both states of each pair.
+    """
+
+    weights: Tensor
+
+    def __init__(self, config: JregConfig, num_layers: int) -> None:
+        super().__init__()
+        self.config = config
+        self.num_layers = num_layers
+        try:
+            weights = layer_weights(
+                config.weights, num_layers, k=config.last_k, values=config.explicit_weights
+            )
+        except ValueError as err:
+            raise ValueError(f"jreg: {err}") from None
+        self.register_buffer("weights", weights, persistent=False)
+        self.active_layers = [i for i, w in enumerate(weights.tolist()) if w > 0]
+        self._weight_values = weights.tolist()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the term enters the loss (lam > 0)."""
+        return self.config.lam > 0
+
+    def select_states(
+        self, hidden_states: Sequence[Tensor], pre_norm_final: Tensor | None = None
+    ) -> list[Tensor]:
+        """h_0 ... h_L from a Hugging Face ``hidden_states`` tuple.
+
+        Args:
+            hidden_states: the model's L+1 states; the last one is after the final norm.
+            pre_norm_final: the last block's raw output, required for ``pre_norm``.
+        """
+        states = list(hidden_states)
+        if len(states) != self.num_layers + 1:
+            raise ValueError(
+                f"jreg: expected {self.num_layers + 1} hidden states (embeddings + "
+                f"{self.num_layers} blocks), got {len(states)}"
+            )
+        if self.config.final_state == "pre_norm":
+            if pre_norm_final is None:
+                raise ValueError("jreg: final_state 'pre_norm' needs the last block's raw output")
+            states[-1] = pre_norm_final
+        return states
+
+    def forward(
+        self, states: Sequence[Tensor], mask: Tensor | None = None
+    ) -> tuple[Tensor, dict[int, Tensor], Tensor]:
+        """The JREG term of one batch.
+
+        Args:
+            states: h_0 ... h_L, each ``(batch, seq, hidden)`` (see ``select_states``).
+            mask: ``(batch, seq)``, 1 at real tokens; None for all positions.
+
+        Returns:
+            ``(term, layer_sums, count)``: the scalar ``lam * sum_l w_l * Psi_l``
+            (float32, differentiable), the detached per-position Psi sums of the
+            computed (non-zero weight) layers keyed by 0-based layer index, and
+            the number of positions.
+        """
+        term = states[0].new_zeros((), dtype=torch.float32)
+        layer_sums: dict[int, Tensor] = {}
+        count = None
+        for index in self.active_layers:
+            total, count = masked_sum_and_count(
+                displacement(states[index], states[index + 1]), mask
+            )
+            term = term + self._weight_values[index] * (total / count.clamp_min(1.0))
+            layer_sums[index] = total.detach()
+        if count is None:
+            _, count = masked_sum_and_count(states[0].new_zeros(states[0].shape[:2]), mask)
+        return self.config.lam * term, layer_sums, count
