@@ -7,6 +7,7 @@ regularizer. See ``docs`` in the README and method.md for the definitions.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -116,7 +117,7 @@ def layer_profile(hidden_states: Sequence[Tensor], mask: Tensor | None = None) -
             "(at least the embeddings and one block output)"
         )
     means = []
-    for h_prev, h_next in zip(hidden_states[:-1], hidden_states[1:]):
+    for h_prev, h_next in itertools.pairwise(hidden_states):
         total, count = masked_sum_and_count(displacement(h_prev, h_next), mask)
         means.append(total / count.clamp_min(1.0))
     return torch.stack(means)

@@ -131,7 +131,9 @@ class JregLightningModule(L.LightningModule):
             if index in known:
                 sums.append(known[index])
                 continue
-            total, count = masked_sum_and_count(displacement(states[index], states[index + 1]), None)
+            total, count = masked_sum_and_count(
+                displacement(states[index], states[index + 1]), None
+            )
             sums.append(total)
         if count is None:
             count = torch.tensor(float(states[0].shape[0] * states[0].shape[1]))
@@ -203,7 +205,7 @@ def format_profile_table(report: dict) -> str:
     peak = max(profile[1:]) if len(profile) > 1 else max(profile)
     lines = [f"Layer profile (final state: {report['final_state']})", "layer      Psi"]
     for index, value in enumerate(profile, start=1):
-        bar = "#" * int(round(30 * value / peak)) if peak > 0 and index > 1 else ""
+        bar = "#" * round(30 * value / peak) if peak > 0 and index > 1 else ""
         lines.append(f"{index:5d}  {value:.5f}  {bar}")
     lines.append(
         f"J = {report['jump_strength']:.3f}   J_late = {report['jump_strength_late']:.3f}   "

@@ -9,7 +9,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from jreg_lightning.displacement import WEIGHT_SCHEMES, displacement, layer_weights, masked_sum_and_count
+from jreg_lightning.displacement import (
+    WEIGHT_SCHEMES,
+    displacement,
+    layer_weights,
+    masked_sum_and_count,
+)
 
 FinalState = Literal["post_norm", "pre_norm"]
 WeightScheme = Literal["final", "last_k", "uniform", "linear", "explicit"]
@@ -43,7 +48,8 @@ class JregConfig:
             )
         if self.weights not in WEIGHT_SCHEMES:
             raise ValueError(
-                f"jreg.weights: unknown scheme {self.weights!r}; use one of {', '.join(WEIGHT_SCHEMES)}"
+                f"jreg.weights: unknown scheme {self.weights!r}; "
+                f"use one of {', '.join(WEIGHT_SCHEMES)}"
             )
         if self.final_state not in ("post_norm", "pre_norm"):
             raise ValueError(

@@ -43,7 +43,9 @@ def write_token_shards(
         ("val", val_documents, seed + 1),
     ):
         optimize(
-            fn=partial(_yield_document, vocab_size=vocab_size, length=document_tokens, seed=split_seed),
+            fn=partial(
+                _yield_document, vocab_size=vocab_size, length=document_tokens, seed=split_seed
+            ),
             inputs=list(range(count)),
             output_dir=str(out_dir / split),
             chunk_size=block * 20,
