@@ -1,0 +1,192 @@
+"""PNG pictures of layer profiles, J over training and early-exit losses (matplotlib Agg).
+
+Every function takes plain Python numbers (lists, dicts), writes one PNG and
+returns its path; the parent folder is created. Nothing here needs torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # after use("Agg"): the backend must be chosen first
+from matplotlib.ticker import MaxNLocator
+
+# Small pictures: the README ships one, and each should stay well under 150 KB.
+_FIGSIZE = (6.4, 4.0)
+_DPI = 100
+
+
+def _save(fig, out_path: str | Path) -> Path:
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=_DPI)
+    plt.close(fig)
+    return path
+
+
+def _check_series(series: Mapping[str, Sequence[float]], what: str) -> None:
+    if not series:
+        raise ValueError(f"{what}: nothing to plot; pass at least one run name -> values")
+    for name, values in series.items():
+        if len(values) == 0:
+            raise ValueError(f"{what}: run {name!r} has no values; drop it or pass its numbers")
+
+
+def plot_layer_profiles(
+    profiles: Mapping[str, Sequence[float]],
+    out_path: str | Path,
+    title: str | None = None,
+) -> Path:
+    """One line per run: Psi_l against the block index l = 1 .. L.
+
+    Args:
+        profiles: run name -> layer profile (Psi_1 ... Psi_L); runs may differ in L.
+        out_path: PNG file to write.
+        title: figure title; a default names the quantity.
+
+    Returns:
+        The written path.
+    """
+    _check_series(profiles, "plot_layer_profiles")
+    fig, ax = plt.subplots(figsize=_FIGSIZE)
+    for name, profile in profiles.items():
+        layers = range(1, len(profile) + 1)
+        ax.plot(layers, [float(v) for v in profile], marker="o", markersize=3, label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("block l")
+    ax.set_ylabel("Psi_l = (1 - cos(h_{l-1}, h_l)) / 2")
+    # Psi_1 (embedding -> block 1) is often 10x the rest: a log axis keeps the others readable.
+    values = [float(v) for p in profiles.values() for v in p]
+    if min(values) > 0 and max(values) / min(values) > 20:
+        ax.set_yscale("log")
+    ax.set_title(title or "Layer profile")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, out_path)
+
+
+def plot_jump_over_steps(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    out_path: str | Path,
+    title: str | None = None,
+    ylabel: str = "J = Psi_L / mean(Psi_2..Psi_{L-1})",
+) -> Path:
+    """One line per run: a scalar (J by default) against the training step.
+
+    Args:
+        series: run name -> (steps, values) of equal length.
+        out_path: PNG file to write.
+        title: figure title.
+        ylabel: what the values are.
+
+    Returns:
+        The written path.
+    """
+    _check_series({name: steps for name, (steps, _) in series.items()}, "plot_jump_over_steps")
+    fig, ax = plt.subplots(figsize=_FIGSIZE)
+    for name, (steps, values) in series.items():
+        if len(steps) != len(values):
+            raise ValueError(
+                f"plot_jump_over_steps: run {name!r} has {len(steps)} steps but "
+                f"{len(values)} values; pass one value per step"
+            )
+        ax.plot(list(steps), [float(v) for v in values], marker="o", markersize=3, label=name)
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "Jump strength during training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, out_path)
+
+
+def plot_early_exit_losses(
+    losses: Mapping[str, Sequence[float]],
+    out_path: str | Path,
+    title: str | None = None,
+) -> Path:
+    """One line per run: cross-entropy of the logit lens (final norm + LM head on h_l).
+
+    Args:
+        losses: run name -> loss per layer l = 1 .. L (NaN entries are skipped).
+        out_path: PNG file to write.
+        title: figure title.
+
+    Returns:
+        The written path.
+    """
+    _check_series(losses, "plot_early_exit_losses")
+    fig, ax = plt.subplots(figsize=_FIGSIZE)
+    for name, values in losses.items():
+        points = [(i, float(v)) for i, v in enumerate(values, start=1) if not math.isnan(float(v))]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", markersize=3, label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("exit after block l")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.set_title(title or "Early-exit (logit lens) loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, out_path)
+
+
+def plot_profile_heatmap(
+    steps: Sequence[int],
+    profiles: Sequence[Sequence[float]],
+    out_path: str | Path,
+    title: str | None = None,
+    skip_first_block: bool = True,
+) -> Path:
+    """Layer x step heat-map of Psi for one run.
+
+    Args:
+        steps: training step of each profile, ascending.
+        profiles: one profile (Psi_1 ... Psi_L) per step, all of the same L.
+        out_path: PNG file to write.
+        title: figure title.
+        skip_first_block: leave out Psi_1, which is usually far larger than the
+            rest and would wash out the colour scale.
+
+    Returns:
+        The written path.
+    """
+    if len(steps) == 0 or len(steps) != len(profiles):
+        raise ValueError(
+            f"plot_profile_heatmap: got {len(steps)} steps and {len(profiles)} profiles; "
+            "pass one profile per step (at least one)"
+        )
+    lengths = {len(p) for p in profiles}
+    if len(lengths) != 1:
+        raise ValueError(
+            f"plot_profile_heatmap: profiles have different layer counts {sorted(lengths)}; "
+            "a heat-map needs one run (one L)"
+        )
+    num_layers = lengths.pop()
+    first = 2 if skip_first_block and num_layers > 1 else 1
+    grid = [[float(p[layer - 1]) for p in profiles] for layer in range(first, num_layers + 1)]
+    fig, ax = plt.subplots(figsize=_FIGSIZE)
+    image = ax.imshow(
+        grid,
+        aspect="auto",
+        origin="lower",
+        interpolation="nearest",
+        extent=(-0.5, len(steps) - 0.5, first - 0.5, num_layers + 0.5),
+        cmap="viridis",
+    )
+    ticks = list(range(len(steps)))
+    stride = max(1, len(ticks) // 10)
+    ax.set_xticks(ticks[::stride], [str(steps[i]) for i in ticks[::stride]])
+    ax.set_xlabel("training step")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("block l")
+    fig.colorbar(image, ax=ax, label="Psi_l")
+    ax.set_title(title or "Psi per block over training")
+    return _save(fig, out_path)
