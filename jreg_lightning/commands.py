@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 
-EXTRA_COMMANDS: dict[str, tuple[str, str]] = {}
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "consolidate": ("jreg_lightning.checkpoints", "consolidate"),
+}
 
 
 def run_extra_command(name: str, args: Sequence[str]) -> object:
