@@ -1,0 +1,1 @@
+"""Data: litdata token shards in, batches of token blocks out."""
