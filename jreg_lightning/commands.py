@@ -12,7 +12,10 @@ import importlib
 from collections.abc import Sequence
 
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "analyze": ("jreg_lightning.analysis.command", "analyze"),
     "consolidate": ("jreg_lightning.checkpoints", "consolidate"),
+    "demo": ("jreg_lightning.demo", "demo"),
+    "prepare": ("jreg_lightning.data.prepare", "prepare"),
 }
 
 

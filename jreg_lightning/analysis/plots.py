@@ -111,13 +111,17 @@ def plot_early_exit_losses(
     losses: Mapping[str, Sequence[float]],
     out_path: str | Path,
     title: str | None = None,
+    xlabel: str = "exit after block l",
+    ylabel: str = "cross-entropy (nats)",
 ) -> Path:
-    """One line per run: cross-entropy of the logit lens (final norm + LM head on h_l).
+    """One line per run: a loss per block, by default the logit lens (final norm + LM head on h_l).
 
     Args:
         losses: run name -> loss per layer l = 1 .. L (NaN entries are skipped).
         out_path: PNG file to write.
         title: figure title.
+        xlabel: what the block index means (also used for skip-block losses).
+        ylabel: what the values are.
 
     Returns:
         The written path.
@@ -130,8 +134,8 @@ def plot_early_exit_losses(
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o", markersize=3, label=name)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("exit after block l")
-    ax.set_ylabel("cross-entropy (nats)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title or "Early-exit (logit lens) loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

@@ -1,0 +1,201 @@
+"""Find and load what ``analyze`` reads: HF model folders, checkpoints, series, run logs.
+
+Local files only: Hugging Face loading uses ``local_files_only=True`` and
+``trust_remote_code=False``; checkpoints are read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+SourceKind = Literal["hf", "checkpoint", "series", "run_logs"]
+_CHECKPOINT_SUFFIX = ".ckpt"
+_MODEL_PREFIX = "model."
+
+
+@dataclass
+class Source:
+    """One input of ``analyze``.
+
+    Attributes:
+        path: where it is.
+        kind: ``hf`` (a folder with config.json), ``checkpoint`` (a Lightning
+            .ckpt file or FSDP2 checkpoint folder), ``series`` (a folder of
+            checkpoints) or ``run_logs`` (a run directory with CSVLogger metrics).
+        name: label in tables and plots.
+    """
+
+    path: Path
+    kind: SourceKind
+    name: str
+
+
+def _is_checkpoint(path: Path) -> bool:
+    from jreg_lightning.checkpoints import is_distributed_checkpoint
+
+    return (path.is_file() and path.suffix == _CHECKPOINT_SUFFIX) or is_distributed_checkpoint(path)
+
+
+def classify(path: str | Path, name: str | None = None) -> Source:
+    """Decide what ``path`` is (see ``Source.kind``).
+
+    A run directory that has both checkpoints and logs is read as a series of
+    checkpoints when it has a ``checkpoints/`` folder; pass ``--from_logs true``
+    to ``analyze`` to read its logs instead.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"analyze: input {path} does not exist; pass a HF model folder, a .ckpt file, a "
+            "folder of checkpoints or a run directory"
+        )
+    label = name or (path.stem if path.is_file() else path.name)
+    if _is_checkpoint(path):
+        return Source(path, "checkpoint", label)
+    if (path / "config.json").is_file():
+        return Source(path, "hf", label)
+    if path.is_dir() and checkpoint_files(path):
+        return Source(path, "series", label)
+    if path.is_dir() and (path / "checkpoints").is_dir() and checkpoint_files(path / "checkpoints"):
+        return Source(path / "checkpoints", "series", name or path.name)
+    if path.is_dir() and metrics_files(path):
+        return Source(path, "run_logs", label)
+    raise ValueError(
+        f"analyze: cannot tell what {path} is: no config.json (HF model), no *.ckpt "
+        "(checkpoints) and no metrics.csv (run logs) in it; pass one of those"
+    )
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The checkpoints directly inside ``folder`` (files or DCP folders named ``*.ckpt``)."""
+    return sorted(
+        p for p in folder.iterdir() if p.suffix == _CHECKPOINT_SUFFIX and _is_checkpoint(p)
+    )
+
+
+def metrics_files(run_dir: Path) -> list[Path]:
+    """CSVLogger ``metrics.csv`` files anywhere under ``run_dir`` (one per logger version)."""
+    return sorted(run_dir.rglob("metrics.csv"))
+
+
+def read_checkpoint_meta(path: Path) -> dict:
+    """Step counters and hyperparameters of a checkpoint, without its weights in memory.
+
+    Returns:
+        ``{"global_step": int | None, "hyper_parameters": dict}``.
+    """
+    if path.is_dir():
+        meta_file = path / "meta.pt"
+        if not meta_file.is_file():
+            raise ValueError(
+                f"checkpoint folder {path} has no meta.pt; pass a folder written by "
+                "Lightning's ModelParallelStrategy, or consolidate it first"
+            )
+        meta = torch.load(meta_file, map_location="cpu", weights_only=True)
+    else:
+        # mmap: the weights are not read here, only the small entries.
+        meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(meta, dict) or "hyper_parameters" not in meta:
+        raise ValueError(
+            f"checkpoint {path} has no hyper_parameters; pass a checkpoint of this project's "
+            "JregLightningModule (or export it to a HF folder)"
+        )
+    return {
+        "global_step": meta.get("global_step"),
+        "hyper_parameters": dict(meta["hyper_parameters"]),
+    }
+
+
+def series_in_order(folder: Path) -> list[tuple[int, Path]]:
+    """The checkpoints of ``folder`` as ``(global_step, path)``, ascending by step.
+
+    ``last.ckpt`` repeats the step of another checkpoint; each step is kept once,
+    preferring the file that is not named ``last``.
+    """
+    by_step: dict[int, Path] = {}
+    for path in checkpoint_files(folder):
+        step = read_checkpoint_meta(path)["global_step"]
+        if step is None:
+            raise ValueError(f"checkpoint {path} has no global_step; it cannot be put in a series")
+        if step not in by_step or by_step[step].stem.startswith("last"):
+            by_step[int(step)] = path
+    return sorted(by_step.items())
+
+
+def load_checkpoint_model(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, int]:
+    """The ``LlamaForCausalLM`` of a project checkpoint and its global step.
+
+    Args:
+        path: a Lightning .ckpt file or an FSDP2 checkpoint folder.
+        dtype: dtype to hold the weights in.
+    """
+    from jreg_lightning.checkpoints import load_full_state_dict
+    from jreg_lightning.model_config import LlamaModelConfig, build_llama
+
+    meta = read_checkpoint_meta(path)
+    llama = meta["hyper_parameters"].get("llama")
+    if not isinstance(llama, dict):
+        raise ValueError(
+            f"checkpoint {path}: hyper_parameters has no 'llama' dict; pass a checkpoint of "
+            "this project's JregLightningModule"
+        )
+    state_dict = load_full_state_dict(path)
+    weights = {
+        key[len(_MODEL_PREFIX) :]: value
+        for key, value in state_dict.items()
+        if key.startswith(_MODEL_PREFIX)
+    }
+    with torch.device("meta"):
+        model = build_llama(LlamaModelConfig(**llama))
+    # assign=True adopts the loaded tensors instead of copying into fresh ones.
+    missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
+    # A tied LM head has no key of its own; everything else must be there.
+    missing = [
+        k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)
+    ]
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {path}: weights do not match its llama config (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); the file is not from this project's module"
+        )
+    model.tie_weights()
+    _materialize_buffers(model)
+    return model.to(dtype).eval(), int(meta["global_step"] or 0)
+
+
+def _materialize_buffers(model: nn.Module) -> None:
+    # The rotary embedding's inv_freq is a non-persistent buffer, absent from the
+    # checkpoint and still on the meta device: rebuild that module on CPU.
+    rotary = model.model.rotary_emb
+    with torch.device("cpu"):
+        model.model.rotary_emb = type(rotary)(model.config)
+
+
+def load_hf_model(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, bool]:
+    """A local HF model: ``AutoModelForCausalLM`` when the config has one, else ``AutoModel``.
+
+    Returns:
+        ``(model, is_causal_lm)``.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    options = {"local_files_only": True, "trust_remote_code": False}
+    try:
+        config = AutoConfig.from_pretrained(path, **options)
+    except (ValueError, OSError) as err:
+        raise ValueError(
+            f"analyze: {path}/config.json is not a config transformers can read without remote "
+            f"code ({err}); pass a model of a family transformers ships"
+        ) from None
+    load = {**options, "dtype": dtype}
+    if any(path.glob("*.safetensors")):
+        load["use_safetensors"] = True
+    causal = type(config) in AutoModelForCausalLM._model_mapping
+    loader = AutoModelForCausalLM if causal else AutoModel
+    model = loader.from_pretrained(path, config=config, **load)
+    return model.eval(), causal
