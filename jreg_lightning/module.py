@@ -12,6 +12,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
 
+from jreg_lightning.analysis.lens import early_exit_loss_sum
+from jreg_lightning.analysis.validation_report import format_profile_table, write_profile_report
 from jreg_lightning.displacement import displacement, masked_sum_and_count
 from jreg_lightning.metrics import LayerProfileMetric
 from jreg_lightning.model_config import LlamaModelConfig, build_llama
@@ -60,6 +62,8 @@ class JregLightningModule(L.LightningModule):
         self.regularizer = JumpRegularizer(self.jreg_config, num_layers)
         self.train_profile = LayerProfileMetric(num_layers)
         self.val_profile = LayerProfileMetric(num_layers)
+        # Early-exit (logit lens) CE per block: sums and counts in one (2, L) state.
+        self.val_early_exit = LayerProfileMetric(num_layers)
         self.val_loss = MeanMetric()
         self.model = None
         self.last_validation: dict | None = None
@@ -151,19 +155,46 @@ class JregLightningModule(L.LightningModule):
 
     # ------------------------------------------------------------ evaluation
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        """Accumulate token-weighted CE and the per-layer Psi sums over the split."""
+        """Accumulate token-weighted CE and the per-layer Psi sums over the split.
+
+        In ``validate`` / ``test`` (not during ``fit``, to keep it cheap) also the
+        early-exit loss of every block: the final norm and LM head applied to h_l.
+        """
         inputs, targets = batch[:, :-1], batch[:, 1:].long()
         logits, states = self.forward_with_states(inputs)
         ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         self.val_loss.update(ce, weight=targets.numel())
         self.val_profile.update(*self._layer_sums_and_counts(states))
+        if self._measures_early_exit():
+            self.val_early_exit.update(
+                self._early_exit_sums(states, ce.detach() * targets.numel(), targets),
+                torch.tensor(float(targets.numel()), device=ce.device),
+            )
+
+    def _measures_early_exit(self) -> bool:
+        return self._trainer is not None and self.trainer.state.fn in ("validate", "test")
+
+    @torch.no_grad()
+    def _early_exit_sums(self, states: list[Tensor], final_sum: Tensor, targets: Tensor) -> Tensor:
+        """``(L,)`` CE sums of the logit lens on h_1 .. h_{L-1}; block L is the model's own CE.
+
+        One layer's logits exist at a time. ``states[-1]`` may be post-norm, so the
+        last block reuses ``final_sum`` (the model's loss) instead of a second norm.
+        """
+        norm, head = self.model.model.norm, self.model.get_output_embeddings()
+        sums = [early_exit_loss_sum(norm, head, hidden, targets) for hidden in states[1:-1]]
+        return torch.stack([*sums, final_sum.float()])
 
     def on_validation_epoch_end(self) -> None:
         """Log val/loss, val/ppl, the profile, J and J_late; print a table in ``validate``."""
         loss = self.val_loss.compute()
         profile = self.val_profile.compute()
+        early_exit = None
+        if self.val_early_exit.update_count > 0:
+            early_exit = [float(v) for v in self.val_early_exit.compute()["profile"]]
         self.val_loss.reset()
         self.val_profile.reset()
+        self.val_early_exit.reset()
         metrics = {"val/loss": loss, "val/ppl": torch.exp(loss)}
         metrics.update(self._profile_metrics("val", profile))
         self.log_dict(metrics, sync_dist=False)
@@ -175,9 +206,16 @@ class JregLightningModule(L.LightningModule):
             "jump_strength_late": float(profile["jump_strength_late"]),
             "jump_layer": int(profile["jump_layer"]),
             "final_state": self.jreg_config.final_state,
+            "early_exit_loss": early_exit,
         }
         if self._trainer is not None and self.trainer.state.fn in ("validate", "test"):
             rank_zero_info(format_profile_table(self.last_validation))
+            if self.trainer.is_global_zero:
+                stage = "test" if self.trainer.state.fn == "test" else "validation"
+                out_dir = self.trainer.log_dir or self.trainer.default_root_dir
+                report = {**self.last_validation, "ckpt_path": self.trainer.ckpt_path}
+                for path in write_profile_report(report, out_dir, stage):
+                    rank_zero_info(f"wrote {path}")
 
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
         """Same measurements as validation."""
@@ -197,19 +235,3 @@ class JregLightningModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
-
-
-def format_profile_table(report: dict) -> str:
-    """A per-layer table of Psi with J, J_late, the argmax layer and the loss."""
-    profile = report["profile"]
-    peak = max(profile[1:]) if len(profile) > 1 else max(profile)
-    lines = [f"Layer profile (final state: {report['final_state']})", "layer      Psi"]
-    for index, value in enumerate(profile, start=1):
-        bar = "#" * round(30 * value / peak) if peak > 0 and index > 1 else ""
-        lines.append(f"{index:5d}  {value:.5f}  {bar}")
-    lines.append(
-        f"J = {report['jump_strength']:.3f}   J_late = {report['jump_strength_late']:.3f}   "
-        f"argmax layer = {report['jump_layer']}"
-    )
-    lines.append(f"val loss = {report['loss']:.4f}   ppl = {report['ppl']:.2f}")
-    return "\n".join(lines)

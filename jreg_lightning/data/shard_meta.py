@@ -1,0 +1,74 @@
+"""``meta.json`` beside the shards, the token dtype, and token accounting from ``index.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+META_FILE = "meta.json"
+INDEX_FILE = "index.json"
+DTYPE_LIMITS = {"uint16": 2**16, "int32": 2**31}
+
+
+def token_dtype(vocab_size: int, dtype: str = "auto") -> str:
+    """``uint16`` when every id fits, else ``int32``; an explicit dtype is checked."""
+    if dtype == "auto":
+        dtype = "uint16" if vocab_size <= DTYPE_LIMITS["uint16"] else "int32"
+    if dtype not in DTYPE_LIMITS:
+        raise ValueError(f"dtype: {dtype!r} is not one of auto, uint16, int32")
+    if vocab_size > DTYPE_LIMITS[dtype]:
+        raise ValueError(
+            f"dtype: vocab_size {vocab_size} does not fit {dtype} (ids up to "
+            f"{DTYPE_LIMITS[dtype] - 1}); pass --dtype int32 or --dtype auto"
+        )
+    return dtype
+
+
+def read_meta(data_dir: str | Path) -> dict | None:
+    """The ``meta.json`` of a prepared data folder, or ``None`` if there is none."""
+    path = Path(data_dir) / META_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"data_dir: {path} is unreadable ({error}); re-run `cli.py prepare` into that folder"
+        ) from None
+
+
+def read_index(split_dir: str | Path) -> dict:
+    """The litdata ``index.json`` of one split; a one-line error if it is missing or broken."""
+    split_dir = Path(split_dir)
+    path = split_dir / INDEX_FILE
+    if not split_dir.is_dir():
+        raise FileNotFoundError(
+            f"data.data_dir: {split_dir} does not exist; run `python cli.py prepare` "
+            "or point data.data_dir at a folder holding train/ and val/"
+        )
+    try:
+        index = json.loads(path.read_text())
+        index["chunks"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(
+            f"data.data_dir: {split_dir} is not a litdata dataset ({path} missing or unreadable); "
+            "write it with `python cli.py prepare`"
+        ) from None
+    return index
+
+
+def chunk_tokens(index: dict) -> list[int]:
+    """Tokens in each chunk of a ``TokensLoader`` dataset (its ``dim`` field)."""
+    return [int(chunk.get("dim") or 0) for chunk in index["chunks"]]
+
+
+def usable_tokens(tokens_per_chunk: list[int], block: int) -> int:
+    """Tokens that ``TokensLoader(block_size=block)`` serves: each chunk's tail is dropped."""
+    return sum((tokens // block) * block for tokens in tokens_per_chunk)
+
+
+def write_meta(folder: Path, meta: dict) -> Path:
+    """Write ``meta`` as ``folder/meta.json`` (indented, key order kept)."""
+    path = Path(folder) / META_FILE
+    path.write_text(json.dumps(meta, indent=2) + "\n")
+    return path

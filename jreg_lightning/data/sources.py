@@ -1,0 +1,314 @@
+"""Documents from local files: ``.txt``, ``.jsonl``, ``.parquet`` and ``datasets`` folders.
+
+``scan_inputs`` reads every input once in the main process: it checks that each
+file is readable and valid (UTF-8, the JSONL field / Parquet column exists)
+and numbers the non-empty documents ``0 .. n-1`` in a fixed order (sorted
+paths, then lines / rows). It returns work items: small ranges of documents
+that a worker re-reads with ``read_documents`` and that give the same
+numbering. Bad input fails here, before anything is written.
+
+Policy: a file that cannot be read or is not valid UTF-8 stops the run with an
+error naming it (nothing is skipped silently); documents whose text is empty
+or only whitespace are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TEXT_SUFFIXES = (".txt",)
+JSONL_SUFFIXES = (".jsonl",)
+PARQUET_SUFFIXES = (".parquet",)
+
+
+@dataclass(frozen=True)
+class DocumentRange:
+    """A run of documents in one source that one worker call tokenizes.
+
+    Attributes:
+        path: the file (or ``datasets`` folder) to read.
+        kind: ``txt``, ``jsonl``, ``parquet`` or ``datasets``.
+        field: JSONL field / Parquet or ``datasets`` column holding the text.
+        position: where to start reading: byte offset (jsonl), row group
+            (parquet), first row (datasets); unused for txt.
+        length: lines (jsonl) or rows (datasets) to read; unused otherwise.
+        first_index: global number of the first non-empty document in the range.
+        num_documents: non-empty documents in the range.
+        keep: global numbers to keep (``None``: all of the range).
+    """
+
+    path: str
+    kind: str
+    field: str | None
+    position: int
+    length: int
+    first_index: int
+    num_documents: int
+    keep: frozenset[int] | None = None
+
+    def select(self, indices: frozenset[int], inside: bool) -> DocumentRange | None:
+        """This range restricted to documents in (or not in) ``indices``; ``None`` if empty."""
+        mine = {i for i in indices if self.first_index <= i < self.first_index + self.num_documents}
+        count = len(mine) if inside else self.num_documents - len(mine)
+        if count == 0:
+            return None
+        if inside:
+            keep = frozenset(mine)
+        elif mine:
+            keep = frozenset(range(self.first_index, self.first_index + self.num_documents)) - mine
+        else:
+            keep = None
+        return DocumentRange(
+            self.path,
+            self.kind,
+            self.field,
+            self.position,
+            self.length,
+            self.first_index,
+            self.num_documents,
+            keep,
+        )
+
+
+@dataclass
+class ScanResult:
+    """What ``scan_inputs`` found: work items in document order, and counts."""
+
+    ranges: list[DocumentRange] = field(default_factory=list)
+    num_documents: int = 0
+    empty_documents: int = 0
+    files: list[str] = field(default_factory=list)
+
+
+def _is_datasets_folder(path: Path) -> bool:
+    return path.is_dir() and (
+        (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+    )
+
+
+def _source_files(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """Every readable input as ``(path, kind)``, folders expanded in sorted order."""
+    found: list[tuple[Path, str]] = []
+    for entry in inputs:
+        path = Path(entry)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"inputs: {path} does not exist; pass existing files or folders of "
+                ".txt/.jsonl/.parquet or a datasets save_to_disk folder"
+            )
+        if _is_datasets_folder(path):
+            found.append((path, "datasets"))
+            continue
+        candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in candidates:
+            suffix = file.suffix.lower()
+            if suffix in TEXT_SUFFIXES:
+                found.append((file, "txt"))
+            elif suffix in JSONL_SUFFIXES:
+                found.append((file, "jsonl"))
+            elif suffix in PARQUET_SUFFIXES:
+                found.append((file, "parquet"))
+            elif not path.is_dir():
+                raise ValueError(
+                    f"inputs: {file} has an unsupported suffix {suffix!r}; "
+                    "use .txt, .jsonl or .parquet files or a datasets save_to_disk folder"
+                )
+    return found
+
+
+def _open_check(path: Path) -> None:
+    if not os.access(path, os.R_OK):
+        raise PermissionError(
+            f"inputs: cannot read {path} (permission denied); fix its permissions or leave it out"
+        )
+
+
+def _utf8(raw: bytes, path: Path, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"inputs: {path}{where} is not valid UTF-8 (byte {error.start}); "
+            "re-encode the file as UTF-8 (e.g. iconv -t UTF-8) or leave it out"
+        ) from None
+
+
+def _jsonl_text(line: bytes, path: Path, line_number: int, text_field: str) -> str | None:
+    """The document of one JSONL line; ``None`` for a blank line."""
+    if not line.strip():
+        return None
+    decoded = _utf8(line, path, f" line {line_number}")
+    try:
+        record = json.loads(decoded)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"inputs: {path} line {line_number} is not valid JSON ({error.msg}); "
+            "fix or remove that line"
+        ) from None
+    if not isinstance(record, dict) or text_field not in record:
+        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise ValueError(
+            f"inputs: {path} line {line_number} has no field {text_field!r} (found {keys}); "
+            "pass --text_field with the field that holds the text"
+        )
+    text = record[text_field]
+    if not isinstance(text, str):
+        raise ValueError(
+            f"inputs: {path} line {line_number} field {text_field!r} is {type(text).__name__}, "
+            "not a string; pass --text_field naming a text field"
+        )
+    return text
+
+
+def _parquet_column(path: Path, column: str):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(
+            f"inputs: reading {path} needs pyarrow; install the extra: pip install -e '.[parquet]'"
+        ) from None
+    parquet = pq.ParquetFile(path)
+    names = parquet.schema_arrow.names
+    if column not in names:
+        raise ValueError(
+            f"inputs: {path} has no column {column!r} (columns: {names}); "
+            "pass --text_field with the column that holds the text"
+        )
+    return parquet
+
+
+def _load_datasets_folder(path: Path, column: str):
+    try:
+        from datasets import load_from_disk
+    except ImportError:
+        raise ImportError(
+            f"inputs: reading {path} (a datasets folder) needs the datasets package; "
+            "install the extra: pip install -e '.[datasets]'"
+        ) from None
+    dataset = load_from_disk(str(path))
+    if hasattr(dataset, "column_names") and isinstance(dataset.column_names, dict):
+        raise ValueError(
+            f"inputs: {path} is a DatasetDict with splits {list(dataset.keys())}; "
+            "pass one split's folder (e.g. {path}/train)"
+        )
+    if column not in dataset.column_names:
+        raise ValueError(
+            f"inputs: {path} has no column {column!r} (columns: {dataset.column_names}); "
+            "pass --text_field with the column that holds the text"
+        )
+    return dataset
+
+
+def _documents(rng: DocumentRange) -> Iterator[str | None]:
+    """Every record of a range, ``None`` for records that are not documents (blank lines)."""
+    path = Path(rng.path)
+    if rng.kind == "txt":
+        yield _utf8(path.read_bytes(), path, "")
+    elif rng.kind == "jsonl":
+        with open(path, "rb") as handle:
+            handle.seek(rng.position)
+            for _ in range(rng.length):
+                yield _jsonl_text(handle.readline(), path, 0, rng.field or "text")
+    elif rng.kind == "parquet":
+        table = _parquet_column(path, rng.field or "text").read_row_group(
+            rng.position, columns=[rng.field]
+        )
+        for value in table.column(0).to_pylist():
+            yield value if isinstance(value, str) else None
+    elif rng.kind == "datasets":
+        dataset = _load_datasets_folder(path, rng.field or "text")
+        yield from dataset[rng.position : rng.position + rng.length][rng.field]
+    else:
+        raise ValueError(f"unknown source kind {rng.kind!r}")
+
+
+def read_documents(rng: DocumentRange) -> Iterator[tuple[int, str]]:
+    """``(global index, text)`` for the kept non-empty documents of ``rng``, in order."""
+    index = rng.first_index
+    for text in _documents(rng):
+        if not text or not text.strip():
+            continue
+        if rng.keep is None or index in rng.keep:
+            yield index, text
+        index += 1
+
+
+def scan_inputs(
+    inputs: Sequence[str | Path], text_field: str = "text", documents_per_range: int = 512
+) -> ScanResult:
+    """Check every input and number its documents; one-line errors for bad input.
+
+    Args:
+        inputs: files or folders (searched recursively for .txt/.jsonl/.parquet)
+            or ``datasets`` ``save_to_disk`` folders.
+        text_field: JSONL field / Parquet or ``datasets`` column with the text.
+        documents_per_range: records per work item (jsonl, datasets).
+    """
+    if not inputs:
+        raise ValueError("inputs: no input given; pass --inputs with files or folders of text")
+    result = ScanResult()
+    sources = _source_files(inputs)
+    if not sources:
+        raise ValueError(
+            f"inputs: no .txt, .jsonl or .parquet file found in {[str(p) for p in inputs]}; "
+            "point --inputs at files or folders holding them"
+        )
+
+    def add(path: Path, kind: str, position: int, length: int, count: int, empty: int) -> None:
+        if count:
+            result.ranges.append(
+                DocumentRange(
+                    str(path), kind, text_field, position, length, result.num_documents, count
+                )
+            )
+        result.num_documents += count
+        result.empty_documents += empty
+
+    for path, kind in sources:
+        result.files.append(str(path))
+        if kind != "datasets":
+            _open_check(path)
+        if kind == "txt":
+            text = _utf8(path.read_bytes(), path, "")
+            empty = not text.strip()
+            add(path, kind, 0, 1, 0 if empty else 1, int(empty))
+        elif kind == "jsonl":
+            with open(path, "rb") as handle:
+                start, lines, count, empty, line_number = 0, 0, 0, 0, 0
+                while True:
+                    line = handle.readline()
+                    if not line:
+                        break
+                    line_number += 1
+                    text = _jsonl_text(line, path, line_number, text_field)
+                    lines += 1
+                    if text is not None and text.strip():
+                        count += 1
+                    elif text is not None:
+                        empty += 1
+                    if lines == documents_per_range:
+                        add(path, kind, start, lines, count, empty)
+                        start, lines, count, empty = handle.tell(), 0, 0, 0
+                add(path, kind, start, lines, count, empty)
+        elif kind == "parquet":
+            parquet = _parquet_column(path, text_field)
+            for group in range(parquet.num_row_groups):
+                values = parquet.read_row_group(group, columns=[text_field]).column(0).to_pylist()
+                count = sum(1 for v in values if isinstance(v, str) and v.strip())
+                add(path, kind, group, len(values), count, len(values) - count)
+        else:
+            dataset = _load_datasets_folder(path, text_field)
+            for start in range(0, len(dataset), documents_per_range):
+                values = dataset[start : start + documents_per_range][text_field]
+                count = sum(1 for v in values if isinstance(v, str) and v.strip())
+                add(path, kind, start, len(values), count, len(values) - count)
+    if result.num_documents == 0:
+        raise ValueError(
+            f"inputs: no non-empty document in {len(result.files)} file(s) "
+            f"({result.empty_documents} empty); check --inputs and --text_field"
+        )
+    return result
