@@ -15,6 +15,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("jreg_lightning.analysis.command", "analyze"),
     "consolidate": ("jreg_lightning.checkpoints", "consolidate"),
     "demo": ("jreg_lightning.demo", "demo"),
+    "export": ("jreg_lightning.export", "export"),
     "prepare": ("jreg_lightning.data.prepare", "prepare"),
 }
 

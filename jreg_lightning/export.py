@@ -1,0 +1,263 @@
+"""A checkpoint of this project becomes a standard Hugging Face model folder.
+
+The folder holds ``config.json``, ``model.safetensors`` and the tokenizer files,
+so ``AutoModelForCausalLM.from_pretrained(folder)`` and
+``AutoTokenizer.from_pretrained(folder)`` load it offline, without this package.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from jreg_lightning.checkpoints import load_full_state_dict
+from jreg_lightning.model_config import LlamaModelConfig, build_llama
+
+# Wrappers that rename parameters inside a checkpoint: torch.compile and
+# activation checkpointing insert one of these path segments per wrapped module.
+_WRAPPER_SEGMENTS = ("_orig_mod.", "_checkpoint_wrapped_module.")
+# End-of-text tokens of common BPE setups, tried in order when none is named.
+_EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|eos|>", "[EOS]", "<|end_of_text|>")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def read_hyperparameters(checkpoint: str | Path) -> dict:
+    """The module's hyperparameters (``llama``, ``jreg``, ``optim`` plain dicts) of a checkpoint.
+
+    Args:
+        checkpoint: a single-file Lightning ``.ckpt`` or a distributed-checkpoint
+            folder (its ``meta.pt`` holds everything but the tensors).
+    """
+    path = Path(checkpoint)
+    if path.is_dir():
+        meta = path / "meta.pt"
+        if not meta.is_file():
+            raise FileNotFoundError(
+                f"checkpoint: {path} is a folder without meta.pt; pass a Lightning .ckpt file "
+                "or a distributed-checkpoint folder saved by this project's Trainer"
+            )
+        path = meta
+    elif not path.is_file():
+        raise FileNotFoundError(f"checkpoint: {path} does not exist; pass a .ckpt file or folder")
+    content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    hparams = content.get("hyper_parameters") if isinstance(content, dict) else None
+    if not hparams or "llama" not in hparams:
+        raise ValueError(
+            f"checkpoint: {checkpoint} has no 'llama' hyperparameters; it was not saved by "
+            "JregLightningModule (export an HF folder from a checkpoint of cli.py fit)"
+        )
+    return hparams
+
+
+def hf_state_dict(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``LlamaForCausalLM`` keys of a module state dict.
+
+    Keeps the ``model.`` entries (the module's HF model), drops that prefix and
+    the path segments that ``torch.compile`` and activation checkpointing add;
+    metric and regularizer state is left out.
+    """
+    result = {}
+    for key, value in module_state.items():
+        if not key.startswith("model."):
+            continue
+        name = key[len("model.") :]
+        for segment in _WRAPPER_SEGMENTS:
+            name = name.replace(segment, "")
+        result[name] = value
+    if not result:
+        raise ValueError(
+            "checkpoint: no 'model.*' weights found; it was not saved by JregLightningModule"
+        )
+    return result
+
+
+def load_checkpoint_model(checkpoint: str | Path) -> LlamaForCausalLM:
+    """Rebuild the trained ``LlamaForCausalLM`` (float32, CPU, eval mode) from a checkpoint.
+
+    Args:
+        checkpoint: a single-file Lightning ``.ckpt`` or an FSDP2
+            distributed-checkpoint folder of ``cli.py fit``.
+    """
+    path = Path(checkpoint)
+    llama = LlamaModelConfig(**read_hyperparameters(path)["llama"])
+    weights = hf_state_dict(load_full_state_dict(path))
+    head, embedding = weights.get("lm_head.weight"), weights.get("model.embed_tokens.weight")
+    if llama.tie_word_embeddings and head is not None and not torch.equal(head, embedding):
+        # The run was configured tied but trained two tensors (e.g. a meta-device
+        # build whose materialisation broke the sharing): keep what was trained.
+        print(
+            f"export: {path} has tie_word_embeddings=true but a separate LM head; "
+            "exporting it untied so the logits stay those of the trained model"
+        )
+        llama = replace(llama, tie_word_embeddings=False)
+    model = build_llama(llama)
+    expected = set(model.state_dict())
+    if llama.tie_word_embeddings:
+        # One tensor under two names: a checkpoint may hold either or both.
+        weights.pop("lm_head.weight", None)
+        expected.discard("lm_head.weight")
+    missing = sorted(expected - set(weights))
+    unexpected = sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint: {path} does not match its own llama config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); was it saved by this project?"
+        )
+    model.load_state_dict(
+        {k: v.to(torch.float32) for k, v in weights.items()}, strict=not llama.tie_word_embeddings
+    )
+    model.tie_weights()
+    return model.eval()
+
+
+def tokenizer_from_meta(data_dir: str | Path) -> tuple[Path, int | None]:
+    """The tokenizer path and EOS id recorded in ``data_dir/meta.json`` by ``cli.py prepare``."""
+    meta_path = Path(data_dir) / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"data_dir: {meta_path} not found; pass --tokenizer PATH or the data folder "
+            "written by cli.py prepare"
+        )
+    meta = json.loads(meta_path.read_text())
+    recorded = meta.get("tokenizer")
+    if not recorded:
+        raise ValueError(f"data_dir: {meta_path} records no tokenizer; pass --tokenizer PATH")
+    # prepare records the copy it keeps beside the shards, relative to the data folder.
+    for candidate in (meta_path.parent / recorded, Path(recorded)):
+        if candidate.exists():
+            return candidate, meta.get("eos_id")
+    raise FileNotFoundError(
+        f"data_dir: the tokenizer {recorded} recorded in {meta_path} does not exist; "
+        "pass --tokenizer PATH"
+    )
+
+
+def load_tokenizer(
+    tokenizer: str | Path, eos_token: str | None = None, eos_id: int | None = None
+) -> PreTrainedTokenizerBase:
+    """A fast HF tokenizer from a ``tokenizer.json`` file or a local tokenizer folder.
+
+    A bare ``tokenizer.json`` (the ``tokenizers`` library's format) is wrapped
+    as a ``PreTrainedTokenizerFast`` whose end-of-text token is ``eos_token``,
+    else the token of ``eos_id``, else the first of the usual names
+    (``<|endoftext|>``, ``</s>``, ...) in its vocabulary.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(tokenizer)
+    if path.is_dir() and (path / "tokenizer_config.json").is_file():
+        loaded = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        if eos_token is not None:
+            loaded.eos_token = eos_token
+        return loaded
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"tokenizer: {tokenizer} is neither a tokenizer.json file nor a folder with one"
+        )
+    wrapped = PreTrainedTokenizerFast(tokenizer_file=str(path))
+    vocab = wrapped.get_vocab()
+    if eos_token is None and eos_id is not None:
+        eos_token = wrapped.convert_ids_to_tokens(int(eos_id))
+    if eos_token is None:
+        eos_token = next((name for name in _EOS_CANDIDATES if name in vocab), None)
+    if eos_token is None or eos_token not in vocab:
+        raise ValueError(
+            f"tokenizer: no end-of-text token in {path} (tried {eos_token or _EOS_CANDIDATES}); "
+            "pass --eos_token with the name of one of its special tokens"
+        )
+    wrapped.eos_token = eos_token
+    return wrapped
+
+
+def _check_vocab(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase) -> None:
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(
+            f"tokenizer: {len(tokenizer)} tokens do not fit the model's vocab_size "
+            f"{model.config.vocab_size}; export with the tokenizer the data was prepared with"
+        )
+
+
+def export(
+    checkpoint: str,
+    out_dir: str,
+    tokenizer: str | None = None,
+    data_dir: str | None = None,
+    eos_token: str | None = None,
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    overwrite: bool = False,
+) -> Path:
+    """Export a checkpoint of ``cli.py fit`` as a Hugging Face model folder.
+
+    Writes ``config.json``, ``model.safetensors`` (tied embeddings stored once)
+    and the tokenizer files into ``out_dir``, atomically: a temporary folder is
+    renamed into place once complete, so a failed export leaves nothing behind.
+    The result loads offline with ``AutoModelForCausalLM.from_pretrained`` and
+    ``AutoTokenizer.from_pretrained``.
+
+    Args:
+        checkpoint: a Lightning ``.ckpt`` file or an FSDP2 distributed-checkpoint folder.
+        out_dir: the HF folder to write.
+        tokenizer: a ``tokenizer.json`` or a local HF tokenizer folder; default:
+            the tokenizer recorded in ``data_dir/meta.json``.
+        data_dir: prepared data folder whose ``meta.json`` names the tokenizer.
+        eos_token: end-of-text token of a bare ``tokenizer.json`` (default: found by name).
+        dtype: dtype of the saved weights.
+        overwrite: replace an existing non-empty ``out_dir``.
+
+    Returns:
+        The path of the written folder.
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(
+            f"out_dir: {out} exists and is not empty; choose a new folder or pass --overwrite true"
+        )
+    eos_id = None
+    if tokenizer is None:
+        if data_dir is None:
+            raise ValueError(
+                "export needs a tokenizer: pass --tokenizer PATH (tokenizer.json or folder) "
+                "or --data_dir DIR of prepared data whose meta.json names it"
+            )
+        tokenizer_path, eos_id = tokenizer_from_meta(data_dir)
+        tokenizer = str(tokenizer_path)
+    hf_tokenizer = load_tokenizer(tokenizer, eos_token, eos_id)
+    model = load_checkpoint_model(checkpoint)
+    _check_vocab(model, hf_tokenizer)
+    for name in ("eos", "bos", "pad"):
+        token_id = getattr(hf_tokenizer, f"{name}_token_id")
+        if token_id is not None:
+            setattr(model.config, f"{name}_token_id", token_id)
+            setattr(model.generation_config, f"{name}_token_id", token_id)
+    model.to(_DTYPES[dtype])
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    previous = None
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
+    try:
+        model.save_pretrained(staging)
+        hf_tokenizer.save_pretrained(staging)
+        if out.exists():  # overwrite: move the old folder aside until the new one is in place
+            previous = out.with_name(f".{out.name}.replaced")
+            shutil.rmtree(previous, ignore_errors=True)
+            out.rename(previous)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if previous is not None and not out.exists():
+            previous.rename(out)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous) if previous.is_dir() else previous.unlink()
+    print(f"exported {checkpoint} -> {out} ({model.num_parameters():,} parameters, {dtype})")
+    return out
