@@ -44,9 +44,8 @@ def _is_checkpoint(path: Path) -> bool:
 def classify(path: str | Path, name: str | None = None) -> Source:
     """Decide what ``path`` is (see ``Source.kind``).
 
-    A run directory that has both checkpoints and logs is read as a series of
-    checkpoints when it has a ``checkpoints/`` folder; pass ``--from_logs true``
-    to ``analyze`` to read its logs instead.
+    A run directory with a ``checkpoints/`` folder is read as a series of
+    checkpoints; pass its ``logs/`` folder to plot what the run logged instead.
     """
     path = Path(path)
     if not path.exists():
@@ -195,7 +194,12 @@ def load_hf_model(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Mo
     load = {**options, "dtype": dtype}
     if any(path.glob("*.safetensors")):
         load["use_safetensors"] = True
-    causal = type(config) in AutoModelForCausalLM._model_mapping
+    # The saved architecture decides: a BERT encoder also has a causal-LM class in
+    # transformers, but loading it would invent an untrained head.
+    architectures = getattr(config, "architectures", None) or []
+    causal = type(config) in AutoModelForCausalLM._model_mapping and (
+        not architectures or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    )
     loader = AutoModelForCausalLM if causal else AutoModel
     model = loader.from_pretrained(path, config=config, **load)
     return model.eval(), causal
