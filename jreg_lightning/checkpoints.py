@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-COMPILED_PREFIX = "_orig_mod."
+from jreg_lightning.init import canonical_name
+
 DCP_METADATA_FILE = ".metadata"
 LIGHTNING_METADATA_FILE = "meta.pt"  # lightning.fabric.utilities.load._METADATA_FILENAME
 
@@ -38,8 +39,8 @@ def is_distributed_checkpoint(path: str | Path) -> bool:
 
 
 def strip_compiled_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Drop every ``_orig_mod.`` that ``torch.compile`` inserted into the keys."""
-    return {key.replace(COMPILED_PREFIX, ""): value for key, value in state_dict.items()}
+    """Drop the ``_orig_mod.`` (compile) and checkpoint/FSDP1 wrapper segments of the keys."""
+    return {canonical_name(key): value for key, value in state_dict.items()}
 
 
 def load_full_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -52,7 +53,7 @@ def load_full_state_dict(path: str | Path) -> dict[str, Tensor]:
     Returns:
         ``{key: tensor}`` with the keys of a single-file checkpoint's
         ``state_dict`` (e.g. ``model.model.layers.0.self_attn.q_proj.weight``),
-        ``_orig_mod.`` prefixes stripped; optimizer state is not read.
+        ``_orig_mod.`` (and other wrapper) segments stripped; optimizer state is not read.
     """
     path = Path(path)
     if not path.exists():
@@ -80,20 +81,27 @@ def load_full_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 
 def _load_dcp_weights(path: Path) -> dict[str, Tensor]:
-    # Only the "state_dict" entry is read: the optimizer state (2x the weights
-    # under AdamW) is never materialised. Without a process group the reader
-    # loads every rank's shard into full CPU tensors.
+    # Only the weights entry is read: the optimizer state (2x the weights under
+    # AdamW) is never materialised. Without a process group the reader loads
+    # every rank's shard into full CPU tensors.
+
+    from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
+    stored = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    # ModelParallelStrategy (FSDP2) stores the weights under "state_dict",
+    # FSDPStrategy (FSDP1, state_dict_type="sharded") under "model".
+    top_levels = {key.split(".", 1)[0] for key in stored}
+    entry = next((name for name in ("state_dict", "model") if name in top_levels), None)
+    if entry is None:
+        raise ValueError(
+            f"distributed checkpoint {path} holds no 'state_dict' or 'model' entry; it was not "
+            "written by Lightning's ModelParallelStrategy or FSDPStrategy"
+        )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single")
-        loaded = _load_state_dict_from_keys(keys={"state_dict"}, checkpoint_id=str(path))
-    if "state_dict" not in loaded:
-        raise ValueError(
-            f"distributed checkpoint {path} holds no 'state_dict' entry; it was not written by "
-            "Lightning's ModelParallelStrategy"
-        )
-    return loaded["state_dict"]
+        loaded = _load_state_dict_from_keys(keys={entry}, checkpoint_id=str(path))
+    return loaded[entry]
 
 
 def consolidate(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 
@@ -101,9 +102,19 @@ class LlamaModelConfig:
         return v * d + n * block + d + head
 
 
-def build_llama(config: LlamaModelConfig) -> LlamaForCausalLM:
+def build_llama(config: LlamaModelConfig, seed: int | None = None) -> LlamaForCausalLM:
     """A randomly initialised ``LlamaForCausalLM`` of this shape, on the current device.
 
-    Nothing is fetched: the model comes from the config alone.
+    Nothing is fetched: the model comes from the config alone. The weights come
+    from ``jreg_lightning.init.init_llama_weights`` (HF's Llama init, seeded per
+    parameter by ``seed``, default ``torch.initial_seed()``), so a model built on
+    the meta device and materialised later, sharded or not, gets the same values.
+    Under ``with torch.device("meta")`` the model is returned uninitialised.
     """
-    return LlamaForCausalLM(config.to_hf())
+    from jreg_lightning.init import init_llama_weights
+
+    model = LlamaForCausalLM(config.to_hf())
+    if next(model.parameters()).is_meta:
+        return model
+    seed = torch.initial_seed() if seed is None else seed
+    return init_llama_weights(model, config.initializer_range, seed)

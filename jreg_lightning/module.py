@@ -15,9 +15,11 @@ from torchmetrics.aggregation import MeanMetric
 from jreg_lightning.analysis.lens import early_exit_loss_sum
 from jreg_lightning.analysis.validation_report import format_profile_table, write_profile_report
 from jreg_lightning.displacement import displacement, masked_sum_and_count
+from jreg_lightning.init import init_llama_weights
 from jreg_lightning.metrics import LayerProfileMetric
 from jreg_lightning.model_config import LlamaModelConfig, build_llama
 from jreg_lightning.optim import OptimConfig, build_optimizer
+from jreg_lightning.parallelize import ParallelConfig, parallelize_llama
 from jreg_lightning.regularizer import JregConfig, JumpRegularizer
 
 
@@ -38,6 +40,8 @@ class JregLightningModule(L.LightningModule):
         llama: shape of the model.
         jreg: lambda, layer weights and which final state to use.
         optim: AdamW and the warmup + cosine schedule.
+        parallel: activation checkpointing, compile, and FSDP2 mixed precision
+            (sharding applies under ``ModelParallelStrategy``).
     """
 
     def __init__(
@@ -45,17 +49,20 @@ class JregLightningModule(L.LightningModule):
         llama: LlamaModelConfig | None = None,
         jreg: JregConfig | None = None,
         optim: OptimConfig | None = None,
+        parallel: ParallelConfig | None = None,
     ) -> None:
         super().__init__()
         self.llama_config = _as_config(llama or LlamaModelConfig(), LlamaModelConfig)
         self.jreg_config = _as_config(jreg or JregConfig(), JregConfig)
         self.optim_config = _as_config(optim or OptimConfig(), OptimConfig)
+        self.parallel_config = _as_config(parallel or ParallelConfig(), ParallelConfig)
         # Plain dicts keep the checkpoint loadable with torch.load(weights_only=True).
         self.save_hyperparameters(
             {
                 "llama": asdict(self.llama_config),
                 "jreg": asdict(self.jreg_config),
                 "optim": asdict(self.optim_config),
+                "parallel": asdict(self.parallel_config),
             }
         )
         num_layers = self.llama_config.num_layers
@@ -70,10 +77,38 @@ class JregLightningModule(L.LightningModule):
 
     # ----------------------------------------------------------------- model
     def configure_model(self) -> None:
-        """Build the Llama once; a second call (validate after fit) is a no-op."""
+        """Build the Llama once: meta -> wrap/shard -> materialise -> init.
+
+        The same path serves every strategy: under ``ModelParallelStrategy`` the
+        blocks and root are sharded with FSDP2 over the data-parallel mesh before
+        any memory is allocated, so each rank only ever holds its shard. The init
+        is seeded per parameter by the run's seed (``jreg_lightning.init``), so the
+        weights are the same as an eager ``build_llama`` whatever the world size.
+        A second call (validate after fit in one process) is a no-op.
+        """
         if self.model is not None:
             return
-        self.model = build_llama(self.llama_config)
+        mesh = self._data_parallel_mesh()
+        with torch.device("meta"):
+            model = build_llama(self.llama_config)
+        parallelize_llama(model, self.parallel_config, mesh)
+        device = self.trainer.strategy.root_device if self._trainer is not None else "cpu"
+        model.to_empty(device=device)
+        init_llama_weights(model, self.llama_config.initializer_range, torch.initial_seed())
+        self.model = model
+
+    def _data_parallel_mesh(self):
+        """The strategy's data-parallel mesh under ``ModelParallelStrategy``, else None."""
+        if self._device_mesh is None:
+            return None
+        mesh = self._device_mesh
+        names = mesh.mesh_dim_names or ()
+        if "tensor_parallel" in names and mesh["tensor_parallel"].size() != 1:
+            raise ValueError(
+                "strategy.tensor_parallel_size must be 1: this module shards with FSDP2 only; "
+                "set tensor_parallel_size: 1 and data_parallel_size to the number of GPUs"
+            )
+        return mesh["data_parallel"] if names else mesh
 
     def forward_with_states(self, input_ids: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Logits ``(batch, seq, vocab)`` and the states h_0 ... h_L of the JREG config."""

@@ -1,0 +1,107 @@
+"""Activation checkpointing, torch.compile and FSDP2 sharding of the Llama, in that order.
+
+``parallelize_llama`` is called by ``JregLightningModule.configure_model`` on a
+model still on the meta device; the module then materialises and initialises
+it (``jreg_lightning.init``). Without a device mesh (single device, DDP) only
+checkpointing and compile apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ParallelConfig:
+    """How each decoder block is wrapped, and FSDP2's mixed precision.
+
+    Attributes:
+        activation_checkpointing: recompute each decoder block in backward instead of
+            keeping its activations (saves memory, costs ~1/3 more compute).
+        compile: ``torch.compile`` each decoder block (checkpoint keys gain ``_orig_mod.``;
+            ``jreg_lightning.checkpoints.load_full_state_dict`` strips it).
+        param_dtype: FSDP2 only: dtype the sharded fp32 parameters are all-gathered in for
+            compute (``bfloat16`` on GPUs, ``float32`` on CPU).
+        reduce_dtype: FSDP2 only: dtype of the gradient reduce-scatter (``float32`` keeps
+            the summed gradients exact).
+        reshard_after_forward: FSDP2 only: free the gathered parameters of a block after its
+            forward (ZeRO-3); ``false`` keeps them until backward (ZeRO-2, more memory).
+    """
+
+    activation_checkpointing: bool = False
+    compile: bool = False
+    param_dtype: str = "float32"
+    reduce_dtype: str = "float32"
+    reshard_after_forward: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("param_dtype", "reduce_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(
+                    f"model.parallel.{name} must be one of {sorted(DTYPES)}, "
+                    f"got {getattr(self, name)!r}"
+                )
+
+
+def parallelize_llama(model: nn.Module, config: ParallelConfig, mesh=None) -> nn.Module:
+    """Wrap each decoder block of an HF ``LlamaForCausalLM`` and shard the model in place.
+
+    Args:
+        model: the ``LlamaForCausalLM`` (normally still on the meta device).
+        config: which wrappers to apply.
+        mesh: 1-D data-parallel ``DeviceMesh`` to shard over, or None for no sharding.
+
+    Returns:
+        ``model``, whose ``model.model.layers[i]`` are the wrapped blocks.
+    """
+    layers = model.model.layers
+    for index, block in enumerate(layers):
+        # 1. Checkpointing wraps the plain block, so the recomputation in
+        #    backward replays exactly the block's own forward.
+        if config.activation_checkpointing:
+            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+                checkpoint_wrapper,
+            )
+
+            block = checkpoint_wrapper(block, preserve_rng_state=False)
+        # 2. Compile after checkpointing and per block (not the whole model): one
+        #    graph reused by every block, recompute included, and forward hooks on a
+        #    block (the JREG pre-norm capture) stay outside the compiled region.
+        if config.compile:
+            block = torch.compile(block)
+        layers[index] = block
+
+    if mesh is None:
+        return model
+
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(
+        param_dtype=DTYPES[config.param_dtype], reduce_dtype=DTYPES[config.reduce_dtype]
+    )
+    # 3. Shard each block as its own FSDP group: its parameters are gathered just
+    #    before it runs and freed after.
+    for index, block in enumerate(layers):
+        # The last block's parameters are needed again at once by backward:
+        # resharding them after forward would only add an all-gather.
+        reshard = config.reshard_after_forward and index < len(layers) - 1
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+    # 4. Final norm and LM head form one group of their own, so that they can also
+    #    be called directly on any hidden state (early-exit / logit-lens losses in
+    #    validation) and gather their weights themselves. A tied head is the
+    #    embedding's parameter, so then the embedding joins that group.
+    head = [model.model.norm, model.lm_head]
+    if model.lm_head.weight is model.model.embed_tokens.weight:
+        head.insert(0, model.model.embed_tokens)
+    fully_shard(head, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+    # 5. The root takes whatever is left (the untied embedding) and drives the
+    #    prefetching of all groups.
+    fully_shard(
+        model, mesh=mesh, mp_policy=policy, reshard_after_forward=config.reshard_after_forward
+    )
+    return model
