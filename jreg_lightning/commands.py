@@ -13,9 +13,12 @@ from collections.abc import Sequence
 
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("jreg_lightning.analysis.command", "analyze"),
+    "compare": ("jreg_lightning.evaluation.compare", "compare"),
     "consolidate": ("jreg_lightning.checkpoints", "consolidate"),
     "demo": ("jreg_lightning.demo", "demo"),
+    "evaluate": ("jreg_lightning.evaluation.evaluate", "evaluate"),
     "export": ("jreg_lightning.export", "export"),
+    "perplexity": ("jreg_lightning.evaluation.perplexity", "perplexity"),
     "prepare": ("jreg_lightning.data.prepare", "prepare"),
 }
 

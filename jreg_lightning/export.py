@@ -93,8 +93,8 @@ def load_checkpoint_model(checkpoint: str | Path) -> LlamaForCausalLM:
         # The run was configured tied but trained two tensors (e.g. a meta-device
         # build whose materialisation broke the sharing): keep what was trained.
         print(
-            f"export: {path} has tie_word_embeddings=true but a separate LM head; "
-            "exporting it untied so the logits stay those of the trained model"
+            f"checkpoint: {path} has tie_word_embeddings=true but a separate LM head; "
+            "loading it untied so the logits stay those of the trained model"
         )
         llama = replace(llama, tie_word_embeddings=False)
     model = build_llama(llama)
