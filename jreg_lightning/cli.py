@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from jreg_lightning import preflight
+from jreg_lightning.checkpoint_io import AtomicCheckpointIO
 from jreg_lightning.commands import EXTRA_COMMANDS, run_extra_command
 from jreg_lightning.data.datamodule import TokenShardDataModule
+from jreg_lightning.errors import REPORTED_ERRORS, TRACEBACK_ENV, ConfigError, one_line
 from jreg_lightning.module import JregLightningModule
+
+# Splits each subcommand reads, for the checks made before it starts.
+SUBCOMMAND_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("val",)}
 
 
 class JregCLI(LightningCLI):
@@ -22,9 +31,94 @@ class JregCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(JregLightningModule, TokenShardDataModule, args=args, **kwargs)
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """``global_batch_size``: sequences per optimizer step over all devices (optional)."""
+        parser.add_argument(
+            "--global_batch_size",
+            type=int | None,
+            default=None,
+            help="Sequences per optimizer step over all devices and accumulation steps; when "
+            "set it must divide evenly and it sets the per-device data.batch_size.",
+        )
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        # Loading a checkpoint never unpickles code unless --weights_only false is given.
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if "weights_only" in self._subcommand_method_arguments[subcommand]:
+            parser.set_defaults(weights_only=True)
+        return parser
+
+    def instantiate_trainer(self, **kwargs):
+        """The Trainer, saving checkpoints atomically (``AtomicCheckpointIO``)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        # Replace only Lightning's default; a CheckpointIO given in the config stays.
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+    def before_fit(self) -> None:
+        """Cross-checks of the config, data and checkpoint before anything is written."""
+        self._preflight("fit")
+
+    def before_validate(self) -> None:
+        """As ``before_fit``."""
+        self._preflight("validate")
+
+    def before_test(self) -> None:
+        """As ``before_fit``."""
+        self._preflight("test")
+
+    def _preflight(self, subcommand: str) -> None:
+        config = self.config_init[subcommand]
+        model, data, trainer = self.model, self.datamodule, self.trainer
+        if subcommand == "fit" and not (trainer.max_steps and trainer.max_steps > 0):
+            raise ConfigError(
+                f"trainer.max_steps must be > 0 (got {trainer.max_steps}): pretraining and its "
+                "learning-rate schedule are driven by steps; set trainer.max_steps"
+            )
+        preflight.check_sequence_length(data.seq_len, model.llama_config)
+        data.batch_size = preflight.per_device_batch_size(
+            data.batch_size,
+            config.get("global_batch_size"),
+            trainer.world_size,
+            trainer.accumulate_grad_batches,
+        )
+        preflight.check_token_shards(
+            data.data_dir,
+            SUBCOMMAND_SPLITS[subcommand],
+            data.seq_len,
+            data.batch_size,
+            model.llama_config.vocab_size,
+        )
+        folders = [
+            str(cb.dirpath)
+            for cb in trainer.callbacks
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath
+        ]
+        path = preflight.resolve_checkpoint_path(config.get("ckpt_path"), folders)
+        if path is not None:
+            preflight.check_checkpoint_shape(
+                preflight.read_checkpoint_hyper_parameters(path), model.llama_config, str(path)
+            )
+
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Dispatch ``argv`` to a project command or to LightningCLI."""
+    """Run ``cli.py``; bad input ends with one ``error: ...`` line on stderr and exit code 1.
+
+    Configuration, data and checkpoint errors (``REPORTED_ERRORS``) are printed
+    as one line naming the field and the fix; set ``JREG_TRACEBACK=1`` for the
+    full traceback. Other exceptions (bugs) keep their traceback.
+    """
+    try:
+        _dispatch(argv)
+    except REPORTED_ERRORS as err:
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        print(one_line(err), file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _dispatch(argv: Sequence[str] | None) -> None:
     words = list(sys.argv[1:] if argv is None else argv)
     if words and words[0] in EXTRA_COMMANDS:
         run_extra_command(words[0], words[1:])

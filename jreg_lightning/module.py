@@ -18,8 +18,10 @@ from jreg_lightning.displacement import displacement, masked_sum_and_count
 from jreg_lightning.init import init_llama_weights
 from jreg_lightning.metrics import LayerProfileMetric
 from jreg_lightning.model_config import LlamaModelConfig, build_llama
+from jreg_lightning.nonfinite import NonFiniteGuard, NonFiniteMode
 from jreg_lightning.optim import OptimConfig, build_optimizer
 from jreg_lightning.parallelize import ParallelConfig, parallelize_llama
+from jreg_lightning.preflight import check_checkpoint_shape
 from jreg_lightning.regularizer import JregConfig, JumpRegularizer
 
 
@@ -40,6 +42,9 @@ class JregLightningModule(L.LightningModule):
         llama: shape of the model.
         jreg: lambda, layer weights and which final state to use.
         optim: AdamW and the warmup + cosine schedule.
+        nonfinite: what a NaN/inf training loss does: ``stop`` the run before any
+            later checkpoint is written (no per-step host sync), or ``skip`` the
+            batch and count it (one host sync per step); see ``jreg_lightning.nonfinite``.
         parallel: activation checkpointing, compile, and FSDP2 mixed precision
             (sharding applies under ``ModelParallelStrategy``).
     """
@@ -50,6 +55,7 @@ class JregLightningModule(L.LightningModule):
         jreg: JregConfig | None = None,
         optim: OptimConfig | None = None,
         parallel: ParallelConfig | None = None,
+        nonfinite: NonFiniteMode = "stop",
     ) -> None:
         super().__init__()
         self.llama_config = _as_config(llama or LlamaModelConfig(), LlamaModelConfig)
@@ -63,6 +69,7 @@ class JregLightningModule(L.LightningModule):
                 "jreg": asdict(self.jreg_config),
                 "optim": asdict(self.optim_config),
                 "parallel": asdict(self.parallel_config),
+                "nonfinite": nonfinite,
             }
         )
         num_layers = self.llama_config.num_layers
@@ -74,6 +81,7 @@ class JregLightningModule(L.LightningModule):
         self.val_loss = MeanMetric()
         self.model = None
         self.last_validation: dict | None = None
+        self.nonfinite_guard = NonFiniteGuard(nonfinite)
 
     # ----------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -140,13 +148,20 @@ class JregLightningModule(L.LightningModule):
         if self.regularizer.enabled:
             jreg, layer_sums, _ = self.regularizer(states)
             loss = ce + jreg
+        # NaN/inf: ``stop`` only records the step on the device here and raises at the next
+        # log step or checkpoint save; ``skip`` (opt-in, one sync per step) drops the batch.
+        if self.nonfinite_guard.observe(loss, self.global_step + 1):
+            return None
 
         if self._is_log_step():
+            self.nonfinite_guard.raise_if_bad(self._last_checkpoint_path())
             self.train_profile.update(*self._layer_sums_and_counts(states, layer_sums))
             profile = self.train_profile.compute()
             self.train_profile.reset()
             metrics = {"train/ce": ce.detach()}
             metrics["train/jreg"] = jreg.detach() if jreg is not None else torch.zeros_like(ce)
+            if self.nonfinite_guard.mode == "skip":
+                metrics["train/nonfinite_skipped"] = float(self.nonfinite_guard.skipped)
             metrics.update(self._profile_metrics("train", profile))
             self.log_dict(metrics)
             self.log("train/loss", loss.detach(), prog_bar=True)
@@ -259,6 +274,27 @@ class JregLightningModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         """Same report as validation."""
         self.on_validation_epoch_end()
+
+    # ---------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse to save after a non-finite loss; keep the skipped-batch count."""
+        self.nonfinite_guard.raise_if_bad(self._last_checkpoint_path())
+        checkpoint["nonfinite"] = self.nonfinite_guard.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint of another model shape (one line, before any weight is copied)."""
+        check_checkpoint_shape(checkpoint.get("hyper_parameters"), self.llama_config, "checkpoint")
+        self.nonfinite_guard.load_state_dict(checkpoint.get("nonfinite", {}))
+
+    def _last_checkpoint_path(self) -> str | None:
+        """The newest checkpoint this run has written and its step, for the non-finite message."""
+        if self._trainer is None:
+            return None
+        for callback in self.trainer.checkpoint_callbacks:
+            path = getattr(callback, "_last_checkpoint_saved", "")
+            if path:
+                return f"{path} (step {getattr(callback, '_last_global_step_saved', '?')})"
+        return None
 
     # ------------------------------------------------------------ optimizer
     def configure_optimizers(self):

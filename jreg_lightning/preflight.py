@@ -1,0 +1,174 @@
+"""Checks that need two parts of a run at once, made before anything is written.
+
+Each part validates itself where its value enters (the dataclasses of
+``model.llama`` / ``model.jreg`` / ``model.optim``, the data module, ``prepare``).
+What no single part can see is checked here, by ``cli.py`` before ``fit`` /
+``validate`` / ``test`` start, so that a bad run fails in a second with one
+line, and before the logger or ``SaveConfigCallback`` touch the run folder:
+``data.seq_len`` against the model's positions, the shards against the model's
+vocabulary, a global batch against the devices, a checkpoint against the
+model's shape.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from jreg_lightning.errors import ConfigError
+from jreg_lightning.model_config import LlamaModelConfig
+
+CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")
+
+
+def check_sequence_length(seq_len: int, llama: LlamaModelConfig) -> None:
+    """``data.seq_len`` must fit the model's ``max_position_embeddings``."""
+    if not isinstance(seq_len, int) or seq_len < 1:
+        raise ConfigError(f"data.seq_len must be a positive integer, got {seq_len!r}")
+    if seq_len > llama.max_position_embeddings:
+        raise ConfigError(
+            f"data.seq_len={seq_len} is above model.llama.max_position_embeddings="
+            f"{llama.max_position_embeddings}; lower data.seq_len or raise "
+            "max_position_embeddings"
+        )
+
+
+def per_device_batch_size(
+    batch_size: int, global_batch_size: int | None, world_size: int, accumulate: int
+) -> int:
+    """The per-device batch (``data.batch_size``) a run uses.
+
+    ``data.batch_size`` is per device. ``global_batch_size``, when given, is the
+    number of sequences per optimizer step over all devices and accumulation
+    steps; it must divide evenly, and it sets ``data.batch_size``.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size!r}")
+    if global_batch_size is None:
+        return batch_size
+    share = world_size * accumulate
+    if not isinstance(global_batch_size, int) or global_batch_size < 1:
+        raise ConfigError(
+            f"global_batch_size must be a positive integer, got {global_batch_size!r}"
+        )
+    if global_batch_size % share:
+        raise ConfigError(
+            f"global_batch_size={global_batch_size} does not divide over {world_size} device(s) x "
+            f"{accumulate} accumulation step(s); use a multiple of {share}, or drop "
+            "global_batch_size and set the per-device data.batch_size"
+        )
+    return global_batch_size // share
+
+
+def check_token_shards(
+    data_dir: str | Path,
+    splits: tuple[str, ...],
+    seq_len: int,
+    batch_size: int,
+    vocab_size: int,
+) -> None:
+    """Each split folder is a readable litdata dataset with at least one full batch.
+
+    The vocabulary recorded by ``prepare`` in ``meta.json`` must fit in
+    ``model.llama.vocab_size`` (an id beyond the embedding would fail deep
+    inside the first forward pass).
+    """
+    from jreg_lightning.data.shard_meta import chunk_tokens, read_index, read_meta, usable_tokens
+
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ConfigError(
+            f"data.data_dir: {data_dir} does not exist; run `python cli.py prepare` or point "
+            "data.data_dir at a folder holding train/ and val/"
+        )
+    meta = read_meta(data_dir)
+    if meta is not None and int(meta.get("vocab_size", 0)) > vocab_size:
+        raise ConfigError(
+            f"model.llama.vocab_size={vocab_size} is below the data's vocabulary of "
+            f"{meta['vocab_size']} tokens ({data_dir / 'meta.json'}); set model.llama.vocab_size "
+            f">= {meta['vocab_size']}"
+        )
+    block = seq_len + 1
+    for split in splits:
+        try:
+            index = read_index(data_dir / split)
+        except FileNotFoundError as err:
+            raise ConfigError(str(err)) from None
+        blocks = usable_tokens(chunk_tokens(index), block) // block
+        if blocks < batch_size:
+            raise ConfigError(
+                f"data.data_dir: {data_dir / split} holds {blocks} block(s) of seq_len+1={block} "
+                f"tokens, fewer than one batch of data.batch_size={batch_size}; prepare more "
+                "text, or lower data.seq_len or data.batch_size"
+            )
+
+
+def resolve_checkpoint_path(ckpt_path: str | None, checkpoint_dirs: list[str]) -> Path | None:
+    """The file a run will load: an explicit path, or the newest ``last*.ckpt`` for 'last'.
+
+    Returns None when nothing will be loaded (no path, or 'last' before the first
+    save, which Lightning treats as a fresh start) or for keywords Lightning
+    resolves itself ('best', 'hpc', registry names).
+    """
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        candidates = [
+            path
+            for folder in checkpoint_dirs
+            for path in Path(folder).glob("last*.ckpt")
+            if path.exists()
+        ]
+        return max(candidates, key=os.path.getmtime) if candidates else None
+    if ckpt_path in CHECKPOINT_KEYWORDS or "://" in ckpt_path:
+        return None
+    path = Path(ckpt_path)
+    if not path.exists():
+        raise ConfigError(
+            f"ckpt_path: {path} does not exist; pass an existing .ckpt file, or 'last' to "
+            "resume from the newest last*.ckpt of the run's checkpoint folder"
+        )
+    return path
+
+
+def check_checkpoint_shape(
+    hyper_parameters: Mapping | None, llama: LlamaModelConfig, source: str
+) -> None:
+    """The checkpoint's ``model.llama`` must equal the config's (same shape, same init).
+
+    Args:
+        hyper_parameters: the checkpoint's ``hyper_parameters`` dict (None: not ours).
+        llama: the shape the run is configured with.
+        source: the checkpoint's path, for the message.
+    """
+    saved = (hyper_parameters or {}).get("llama")
+    if not isinstance(saved, Mapping):
+        return
+    current = vars(llama)
+    differing = [
+        f"{key}={saved[key]!r} (config: {current[key]!r})"
+        for key in current
+        if key in saved and saved[key] != current[key]
+    ]
+    if differing:
+        raise ConfigError(
+            f"ckpt_path: {source} was trained with another model shape: model.llama "
+            f"{', '.join(differing)}; set model.llama to the checkpoint's values or start a new run"
+        )
+
+
+def read_checkpoint_hyper_parameters(path: Path) -> Mapping | None:
+    """The ``hyper_parameters`` of a single-file checkpoint, read without loading tensors.
+
+    A distributed-checkpoint folder keeps them in ``meta.pt``. The file is
+    memory-mapped and loaded with ``weights_only=True``.
+    """
+    from jreg_lightning.checkpoint_io import safe_torch_load
+
+    if path.is_dir():
+        path = path / "meta.pt"
+        if not path.is_file():
+            return None
+    checkpoint = safe_torch_load(path, map_location="cpu", mmap=True)
+    return checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
