@@ -43,19 +43,22 @@ class _Displacement(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_psi: Tensor) -> tuple[Tensor | None, Tensor | None]:
         h_prev, h_next, norm_a, norm_b, cos = ctx.saved_tensors
-        a = h_prev.float()
-        b = h_next.float()
-        grad_cos = (-0.5 * grad_psi).unsqueeze(-1)
-        inv_ab = 1.0 / (norm_a * norm_b).clamp_min(_NORM_EPS)
-        c = cos.unsqueeze(-1)
-        inv_ab = inv_ab.unsqueeze(-1)
+        # d cos / d a = b / (|a| |b|) - cos * a / |a|^2 (and symmetrically for b).
+        # The per-position factors are formed first on (batch, seq), so each
+        # gradient costs two passes over (batch, seq, hidden): a scale and an
+        # addcmul, instead of five elementwise temporaries.
+        grad_cos = -0.5 * grad_psi
+        scale_other = (grad_cos / (norm_a * norm_b).clamp_min(_NORM_EPS)).unsqueeze(-1)
         grad_prev = grad_next = None
+        a, b = h_prev.float(), h_next.float()
         if ctx.needs_input_grad[0]:
-            inv_aa = (1.0 / (norm_a * norm_a).clamp_min(_NORM_EPS)).unsqueeze(-1)
-            grad_prev = (grad_cos * (b * inv_ab - c * a * inv_aa)).to(h_prev.dtype)
+            scale_self = (grad_cos * cos / (norm_a * norm_a).clamp_min(_NORM_EPS)).unsqueeze(-1)
+            grad_prev = torch.addcmul(b * scale_other, a, scale_self, value=-1.0)
+            grad_prev = grad_prev.to(h_prev.dtype)
         if ctx.needs_input_grad[1]:
-            inv_bb = (1.0 / (norm_b * norm_b).clamp_min(_NORM_EPS)).unsqueeze(-1)
-            grad_next = (grad_cos * (a * inv_ab - c * b * inv_bb)).to(h_next.dtype)
+            scale_self = (grad_cos * cos / (norm_b * norm_b).clamp_min(_NORM_EPS)).unsqueeze(-1)
+            grad_next = torch.addcmul(a * scale_other, b, scale_self, value=-1.0)
+            grad_next = grad_next.to(h_next.dtype)
         return grad_prev, grad_next
 
 
