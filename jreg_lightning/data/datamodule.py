@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
+
+from jreg_lightning.data.shard_meta import chunk_tokens, read_index, read_meta, usable_tokens
+
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("val",)}
 
 
 class TokenShardDataModule(L.LightningDataModule):
@@ -16,6 +23,13 @@ class TokenShardDataModule(L.LightningDataModule):
     in ``__init__``: a ``StreamingDataset`` captures the rank and world size
     when it is constructed, and LightningCLI builds this object before the
     process group exists.
+
+    ``setup`` checks the shards against the model (one-line errors) and logs
+    the token accounting: tokens on disk, tokens usable as blocks (litdata's
+    ``TokensLoader`` drops each chunk's tail shorter than a block) and the
+    tokens one epoch really yields across all ranks. Resume: the Trainer saves
+    and restores the ``StreamingDataLoader`` position when ``max_steps`` drives
+    the run; keep ``seed``, ``shuffle``, ``batch_size`` and the device count fixed.
 
     Args:
         data_dir: folder with ``train/`` and ``val/`` shard folders.
@@ -42,7 +56,72 @@ class TokenShardDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.shuffle = shuffle
         self.seed = seed
+        self.accounting: dict[str, dict[str, int]] = {}
 
+    # ------------------------------------------------------------------ checks
+    def setup(self, stage: str) -> None:
+        """Check the shards of this stage against the model; log the token accounting."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        llama = getattr(model, "llama_config", None)
+        if llama is not None and self.seq_len > llama.max_position_embeddings:
+            raise ValueError(
+                f"data.seq_len: {self.seq_len} is above model.llama.max_position_embeddings="
+                f"{llama.max_position_embeddings}; lower data.seq_len or raise "
+                "max_position_embeddings"
+            )
+        meta = read_meta(self.data_dir)
+        if meta is not None and llama is not None and meta["vocab_size"] > llama.vocab_size:
+            raise ValueError(
+                f"model.llama.vocab_size: {llama.vocab_size} is below the shards' vocabulary of "
+                f"{meta['vocab_size']} ({self.data_dir / 'meta.json'}); set "
+                f"model.llama.vocab_size >= {meta['vocab_size']}"
+            )
+        packed_for = meta.get("seq_len") if meta else None
+        if packed_for is not None and packed_for != self.seq_len:
+            rank_zero_warn(
+                f"data.seq_len={self.seq_len} but the shards in {self.data_dir} were packed for "
+                f"seq_len={packed_for}: each chunk drops up to {self.seq_len} tokens (see the "
+                "accounting below); re-run prepare with --seq_len to match"
+            )
+        block = self.seq_len + 1
+        for split in STAGE_SPLITS.get(stage, ("train", "val")):
+            per_chunk = chunk_tokens(read_index(self.data_dir / split))
+            total, usable = sum(per_chunk), usable_tokens(per_chunk, block)
+            self.accounting[split] = {"tokens": total, "usable_tokens": usable}
+            if usable < block * self.batch_size:
+                raise ValueError(
+                    f"data.data_dir: {self.data_dir / split} holds {usable // block} block(s) of "
+                    f"seq_len+1={block} tokens, fewer than one batch of data.batch_size="
+                    f"{self.batch_size}; prepare more text or lower data.seq_len / batch_size"
+                )
+            lost = total - usable
+            rank_zero_info(
+                f"data: {split}: {total:,} tokens in shards, {usable:,} usable as "
+                f"{usable // block:,} blocks of seq_len+1={block} "
+                f"({lost:,} = {100 * lost / max(total, 1):.2f}% dropped at chunk ends)"
+            )
+
+    def _record_epoch(self, split: str, dataset: StreamingDataset) -> None:
+        """Tokens one epoch yields over all ranks (each rank drops its partial last batch)."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        batches = len(dataset) // self.batch_size
+        tokens = batches * self.batch_size * world * (self.seq_len + 1)
+        entry = self.accounting.setdefault(split, {})
+        entry.update({"batches_per_epoch": batches, "epoch_tokens": tokens})
+        total = entry.get("tokens")
+        share = f" = {100 * tokens / total:.1f}% of the tokens written" if total else ""
+        rank_zero_info(
+            f"data: {split}: one epoch = {batches:,} batches per rank x {world} rank(s) x "
+            f"{self.batch_size} x {self.seq_len + 1} = {tokens:,} tokens{share}"
+        )
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Token ids stored as uint16 become int32 (the embedding takes int32 / int64)."""
+        if isinstance(batch, torch.Tensor) and batch.dtype == torch.uint16:
+            return batch.to(torch.int32)
+        return batch
+
+    # ------------------------------------------------------------- loaders
     def _dataset(self, split: str, shuffle: bool) -> StreamingDataset:
         return StreamingDataset(
             input_dir=str(self.data_dir / split),
@@ -63,7 +142,9 @@ class TokenShardDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> StreamingDataLoader:
         """Shuffled training blocks, resumable mid-epoch through the Trainer's loop state."""
-        return self._loader("train", self.shuffle)
+        loader = self._loader("train", self.shuffle)
+        self._record_epoch("train", loader.dataset)
+        return loader
 
     def val_dataloader(self) -> StreamingDataLoader:
         """Validation blocks in a fixed order."""
