@@ -59,8 +59,12 @@ def init_llama_weights(model: nn.Module, initializer_range: float, seed: int) ->
         TypeError: a parameter or buffer of a module type this init does not know,
             so that nothing is silently left uninitialised.
     """
+    done: set[int] = set()
     for module_name, module in model.named_modules():
         for param_name, param in module.named_parameters(recurse=False):
+            if id(param) in done:  # a tied LM head: initialised as the embedding
+                continue
+            done.add(id(param))
             name = f"{module_name}.{param_name}" if module_name else param_name
             if isinstance(module, (nn.Linear, nn.Embedding)) and param_name == "weight":
                 full = _normal(param, initializer_range, parameter_seed(seed, name))
@@ -85,6 +89,35 @@ def init_llama_weights(model: nn.Module, initializer_range: float, seed: int) ->
                 )
             _copy_into(buffer, _rotary_buffer(module, buffer_name))
     return model
+
+
+def materialize_llama(
+    model: nn.Module, device: torch.device | str, initializer_range: float, seed: int
+) -> nn.Module:
+    """Allocate a meta-device (possibly sharded) model on ``device`` and initialise it.
+
+    ``to_empty`` gives every module its own new tensor, which unties a tied LM
+    head from the embedding; the ties are restored before the init.
+
+    Args:
+        model: the ``LlamaForCausalLM`` built under ``torch.device("meta")``.
+        device: where its parameters and buffers are allocated.
+        initializer_range: std of the normal init of Linear and Embedding weights.
+        seed: base seed of ``init_llama_weights``.
+
+    Returns:
+        ``model``, materialised in place.
+    """
+    owners: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            owners.setdefault(id(param), []).append((module, name))
+    model.to_empty(device=device)
+    for shared in owners.values():
+        (first_module, first_name), *others = shared
+        for module, name in others:
+            setattr(module, name, getattr(first_module, first_name))
+    return init_llama_weights(model, initializer_range, seed)
 
 
 def _normal(param: Tensor, std: float, seed: int) -> Tensor:
