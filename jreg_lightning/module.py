@@ -15,7 +15,7 @@ from torchmetrics.aggregation import MeanMetric
 from jreg_lightning.analysis.lens import early_exit_loss_sum
 from jreg_lightning.analysis.validation_report import format_profile_table, write_profile_report
 from jreg_lightning.displacement import displacement, masked_sum_and_count
-from jreg_lightning.init import init_llama_weights
+from jreg_lightning.init import materialize_llama
 from jreg_lightning.metrics import LayerProfileMetric
 from jreg_lightning.model_config import LlamaModelConfig, build_llama
 from jreg_lightning.nonfinite import NonFiniteGuard, NonFiniteMode
@@ -101,9 +101,8 @@ class JregLightningModule(L.LightningModule):
             model = build_llama(self.llama_config)
         parallelize_llama(model, self.parallel_config, mesh)
         device = self.trainer.strategy.root_device if self._trainer is not None else "cpu"
-        model.to_empty(device=device)
-        init_llama_weights(model, self.llama_config.initializer_range, torch.initial_seed())
-        self.model = model
+        seed = torch.initial_seed()
+        self.model = materialize_llama(model, device, self.llama_config.initializer_range, seed)
 
     def _data_parallel_mesh(self):
         """The strategy's data-parallel mesh under ``ModelParallelStrategy``, else None."""
