@@ -14,6 +14,7 @@ from jreg_lightning.analysis.loading import classify, load_hf_model, series_in_o
 from jreg_lightning.analysis.measure import measure_model
 from jreg_lightning.analysis.run_logs import read_logged_series
 from jreg_lightning.analysis.text import text_batches
+from jreg_lightning.analysis.validation_report import format_profile_table, write_profile_report
 from jreg_lightning.metrics import LayerProfileMetric
 from jreg_lightning.module import JregLightningModule
 from tests.conftest import TINY_LLAMA
@@ -234,3 +235,24 @@ def test_bad_inputs_name_the_field(tmp_path):
     with pytest.raises(ValueError, match="--data"):
         analyze(inputs=[str(hf)], out_dir=str(tmp_path / "out"), progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_validation_table_and_files_carry_early_exit_losses(tmp_path):
+    report = {
+        "profile": [0.4, 0.01, 0.02, 0.05],
+        "early_exit_loss": [7.5, 6.25, 5.125, 4.0],
+        "jump_strength": 3.33,
+        "jump_strength_late": 3.33,
+        "jump_layer": 4,
+        "loss": 4.0,
+        "ppl": 54.6,
+        "final_state": "post_norm",
+    }
+    table = format_profile_table(report)
+    assert "early-exit loss" in table
+    assert "5.1250" in table and "J = 3.330" in table
+    json_path, csv_path = write_profile_report(report, tmp_path / "run", "validation")
+    assert json.loads(json_path.read_text())["early_exit_loss"] == report["early_exit_loss"]
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "layer,psi,early_exit_loss"
+    assert rows[3] == "3,0.02,5.125"
