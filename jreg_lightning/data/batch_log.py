@@ -22,7 +22,7 @@ def sequence_fingerprints(batch: torch.Tensor) -> list[str]:
 
 
 class BatchLog(L.Callback):
-    """Append ``{"step", "rank", "rows", "loss"}`` to ``folder/batches_rank{R}.jsonl`` each step.
+    """Each step, append ``{"step", "epoch", "rank", "rows", "loss"}`` to ``batches_rank{R}.jsonl``.
 
     Args:
         folder: where the per-rank files go (created if missing).
@@ -36,6 +36,7 @@ class BatchLog(L.Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         record = {
             "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
             "rank": trainer.global_rank,
             "rows": sequence_fingerprints(batch),
             "loss": float(loss.detach()) if loss is not None else None,
