@@ -136,7 +136,7 @@ class TokenShardDataModule(L.LightningDataModule):
             self._dataset(split, shuffle),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
-            pin_memory=True,
+            pin_memory=torch.cuda.is_available(),
             drop_last=True,
         )
 
