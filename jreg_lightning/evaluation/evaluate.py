@@ -9,7 +9,7 @@ from typing import Literal
 
 from jreg_lightning.evaluation.models import EvalModel, load_eval_model, require_tokenizer
 from jreg_lightning.evaluation.scorer import score_task
-from jreg_lightning.evaluation.tasks import load_task
+from jreg_lightning.evaluation.tasks import load_task, read_task_config
 
 Backend = Literal["builtin", "harness"]
 
@@ -81,6 +81,8 @@ def evaluate(
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     if not tasks:
         raise ValueError("tasks: pass at least one task YAML, e.g. --tasks tests/data/tiny_mc.yaml")
+    for path in tasks:  # fail on a bad task file before loading the model
+        read_task_config(path)
     loaded = load_eval_model(model, tokenizer, device=device)
     results = evaluate_tasks(loaded, tasks, backend, batch_size, limit)
     print(f"{loaded.name} ({backend})")
