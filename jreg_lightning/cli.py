@@ -29,6 +29,13 @@ class JregCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 1337)
         # The module owns its optimizer and schedule (model.optim); no --optimizer flags.
         kwargs.setdefault("auto_configure_optimizers", False)
+        # Parse errors raise (main() prints them as one line) instead of a usage wall.
+        parser_kwargs = kwargs.setdefault("parser_kwargs", {})
+        for name in ("exit_on_error", *SUBCOMMAND_SPLITS):
+            if name == "exit_on_error":
+                parser_kwargs.setdefault(name, False)
+            else:
+                parser_kwargs.setdefault(name, {}).setdefault("exit_on_error", False)
         super().__init__(JregLightningModule, TokenShardDataModule, args=args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -40,6 +47,13 @@ class JregCLI(LightningCLI):
             help="Sequences per optimizer step over all devices and accumulation steps; when "
             "set it must divide evenly and it sets the per-device data.batch_size.",
         )
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would replace the config's model.* with the checkpoint's saved
+        # hyperparameters, silently dropping a changed lr or nonfinite mode on resume. Here
+        # the config stays the source of truth; a checkpoint of another model shape is
+        # refused with one line (preflight.check_checkpoint_shape, before the run starts).
+        return
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
         # Loading a checkpoint never unpickles code unless --weights_only false is given.
