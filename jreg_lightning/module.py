@@ -259,9 +259,10 @@ class JregLightningModule(L.LightningModule):
         }
         if self._trainer is not None and self.trainer.state.fn in ("validate", "test"):
             rank_zero_info(format_profile_table(self.last_validation))
+            # trainer.log_dir broadcasts from rank 0: every rank must ask for it.
+            out_dir = self.trainer.log_dir or self.trainer.default_root_dir
             if self.trainer.is_global_zero:
                 stage = "test" if self.trainer.state.fn == "test" else "validation"
-                out_dir = self.trainer.log_dir or self.trainer.default_root_dir
                 report = {**self.last_validation, "ckpt_path": self.trainer.ckpt_path}
                 for path in write_profile_report(report, out_dir, stage):
                     rank_zero_info(f"wrote {path}")
