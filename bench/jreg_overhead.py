@@ -47,12 +47,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--intermediate", type=int, default=688)
     parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--kv-heads", type=int, help="default: --heads")
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: this process's CPU time (time.process_time), steadier on a shared machine",
+    )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU runs)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     return parser.parse_args(argv)
@@ -108,13 +116,14 @@ def time_alternating(variants: list[Variant], batch: torch.Tensor, args, device)
     for _ in range(args.warmup):
         for variant in variants:
             variant.step(batch)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for index in range(args.steps):
         for variant in variants if index % 2 == 0 else variants[::-1]:
             synchronize(device)
-            start = time.perf_counter()
+            start = clock()
             variant.step(batch)
             synchronize(device)
-            variant.times.append(time.perf_counter() - start)
+            variant.times.append(clock() - start)
 
 
 def static_bytes(variant: Variant) -> int:
@@ -147,11 +156,13 @@ def peak_memory(variant: Variant, batch: torch.Tensor, device: torch.device) -> 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(
         f"# jreg_overhead: device={device} ({torch.get_num_threads()} threads) "
         f"bf16={args.bf16} d={args.hidden} batch={args.batch}x{args.seq} vocab={args.vocab} "
-        f"steps={args.steps} (alternating, medians) torch={torch.__version__}"
+        f"steps={args.steps} (alternating, medians) clock={args.clock} torch={torch.__version__}"
     )
     header = (
         "| layers | params | JREG/step FLOPs | CE ms | CE+JREG ms | time ratio "
@@ -166,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             intermediate_size=args.intermediate,
             num_layers=layers,
             num_heads=args.heads,
-            num_kv_heads=args.heads,
+            num_kv_heads=args.kv_heads or args.heads,
             max_position_embeddings=args.seq,
         )
         variants = build_variants(config, args, device)

@@ -60,12 +60,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps-per-round", type=int, default=11)
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: this process's CPU time (time.process_time), steadier on a shared machine",
+    )
     parser.add_argument("--no-progress-bar", action="store_true")
     return parser.parse_args(argv)
 
 
+# time.perf_counter (wall) or time.process_time (CPU), chosen by --clock.
+clock = time.perf_counter
+
+
 class StepClock(Callback):
-    """Wall-clock time at the end of every training batch."""
+    """Time (of ``clock``) at the end of every training batch."""
 
     def __init__(self) -> None:
         self.ends: list[float] = []
@@ -73,12 +84,12 @@ class StepClock(Callback):
     def on_train_batch_end(self, trainer, *_args) -> None:
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize()
-        self.ends.append(time.perf_counter())
+        self.ends.append(clock())
 
 
 def trainer_round(module, loader, args, workdir: Path) -> tuple[list[float], float]:
     """One ``Trainer.fit`` of ``steps_per_round`` steps: per-step times and start-up time."""
-    clock = StepClock()
+    step_clock = StepClock()
     trainer = L.Trainer(
         accelerator=args.device,
         devices=1,
@@ -92,11 +103,15 @@ def trainer_round(module, loader, args, workdir: Path) -> tuple[list[float], flo
         enable_model_summary=False,
         enable_progress_bar=not args.no_progress_bar,
         logger=CSVLogger(workdir, name="logs"),
-        callbacks=[clock, TokenThroughputMonitor(), LearningRateMonitor(logging_interval="step")],
+        callbacks=[
+            step_clock,
+            TokenThroughputMonitor(),
+            LearningRateMonitor(logging_interval="step"),
+        ],
     )
-    start = time.perf_counter()
+    start = clock()
     trainer.fit(module, train_dataloaders=loader)
-    ends = clock.ends
+    ends = step_clock.ends
     return [b - a for a, b in itertools.pairwise(ends)], ends[0] - start
 
 
@@ -123,12 +138,16 @@ def hand_round(module, loader, args) -> list[float]:
             loss.item()
         if args.device == "cuda":
             torch.cuda.synchronize()
-        ends.append(time.perf_counter())
+        ends.append(clock())
     return [b - a for a, b in itertools.pairwise(ends)]
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    global clock
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     config = LlamaModelConfig(
@@ -152,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         f"# loop_overhead: device={args.device} ({torch.get_num_threads()} threads) "
         f"layers={args.layers} d={args.hidden} batch={args.batch}x{args.seq} "
         f"rounds={args.rounds}x{args.steps_per_round} steps, first of each dropped, "
-        f"log every {args.log_every} torch={torch.__version__} lightning={L.__version__}",
+        f"log every {args.log_every} clock={args.clock} torch={torch.__version__} "
+        f"lightning={L.__version__}",
         flush=True,
     )
     lightning_times: list[float] = []

@@ -37,12 +37,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from fit_throughput import write_shards  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,31 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="also run ours compiled")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--keep", help="keep the runs' files in this folder")
+    parser.add_argument(
+        "--threads", type=int, help="OMP_NUM_THREADS of every run (default: torch's own choice)"
+    )
     return parser.parse_args(argv)
-
-
-def _document(index: int, vocab: int, length: int):
-    import numpy as np
-    import torch
-
-    rng = np.random.default_rng(index)
-    yield torch.tensor(rng.integers(0, vocab, size=length), dtype=torch.int32)
-
-
-def write_shards(out_dir: Path, vocab: int, seq: int, sequences: int) -> None:
-    """Random-token litdata shards in ``out_dir/{train,val}``, whole blocks of ``seq + 1``."""
-    from litdata import TokensLoader, optimize
-
-    block = seq + 1
-    for split, count in (("train", sequences), ("val", 4)):
-        optimize(
-            fn=partial(_document, vocab=vocab, length=block * 4),
-            inputs=list(range(count // 4 + 1)),
-            output_dir=str(out_dir / split),
-            chunk_size=block * 16,
-            item_loader=TokensLoader(),
-            num_workers=1,
-        )
 
 
 def litgpt_config(args, data_dir: Path, out_dir: Path) -> dict:
@@ -220,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
             "run `bash bench/setup_litgpt.sh` first"
         )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="vs_litgpt_"))
     work.mkdir(parents=True, exist_ok=True)
     data_dir = work / "shards"
@@ -239,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         f"# vs_litgpt: device={args.device} layers={args.layers} d={args.hidden} "
         f"ffn={args.intermediate} heads={args.heads} vocab={args.vocab} "
         f"batch={args.batch}x{args.seq} steps/run={args.steps} log every {args.log_every} "
-        f"rounds={args.rounds} work={work}",
+        f"rounds={args.rounds} threads={args.threads or 'default'} work={work}",
         flush=True,
     )
     for index in range(args.rounds):

@@ -1,0 +1,151 @@
+"""Tokens/s, FLOPs/s and MFU of a real ``cli.py fit`` run, as its throughput monitor logs them.
+
+    .venv/bin/python bench/fit_throughput.py --config configs/tiny_jreg.yaml
+    .venv/bin/python bench/fit_throughput.py --config configs/llama_1b_jreg.yaml --gpu --batch 4
+
+Writes random-token shards of the config's vocabulary and sequence length
+into a temporary folder (or ``--data``), runs ``--steps`` optimizer steps of
+the config with checkpointing and validation off, and prints the last
+window of ``jreg_lightning.throughput.TokenThroughputMonitor``: tokens/s,
+FLOPs/s (matrix products, from ``measure_flops`` on a meta copy) and, on a
+GPU, MFU against the device's peak from Lightning's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _document(index: int, vocab: int, length: int):
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(index)
+    yield torch.tensor(rng.integers(0, vocab, size=length), dtype=torch.int32)
+
+
+def write_shards(out_dir: Path, vocab: int, seq: int, sequences: int) -> None:
+    """Random-token litdata shards in ``out_dir/{train,val}``, whole blocks of ``seq + 1``."""
+    from litdata import TokensLoader, optimize
+
+    block = seq + 1
+    for split, count in (("train", sequences), ("val", 4)):
+        optimize(
+            fn=partial(_document, vocab=vocab, length=block * 4),
+            inputs=list(range(count // 4 + 1)),
+            output_dir=str(out_dir / split),
+            chunk_size=block * 16,
+            item_loader=TokensLoader(),
+            num_workers=1,
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/tiny_jreg.yaml")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--log-every", type=int, default=5)
+    parser.add_argument("--batch", type=int, help="override data.batch_size")
+    parser.add_argument("--seq", type=int, help="override data.seq_len")
+    parser.add_argument("--gpu", action="store_true", help="one GPU in bf16-mixed")
+    parser.add_argument("--data", help="shards folder (written there if missing)")
+    parser.add_argument(
+        "--set", nargs="*", default=[], help="more overrides, e.g. model.parallel.compile=true"
+    )
+    return parser.parse_args(argv)
+
+
+def _nested(key: str, value) -> dict:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    config = yaml.safe_load((ROOT / args.config).read_text())
+    vocab = config["model"]["llama"]["vocab_size"]
+    seq = args.seq or config["data"]["seq_len"]
+    batch = args.batch or config["data"]["batch_size"]
+    work = Path(tempfile.mkdtemp(prefix="fit_throughput_"))
+    data = Path(args.data) if args.data else work / "shards"
+    if not (data / "train").exists():
+        write_shards(data, vocab, seq, batch * (args.steps + 4))
+    override = {
+        "trainer": {
+            "max_steps": args.steps,
+            "log_every_n_steps": args.log_every,
+            "val_check_interval": 10**6,
+            "limit_val_batches": 0,
+            "num_sanity_val_steps": 0,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "default_root_dir": str(work),
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(work), "name": "logs"},
+            },
+            "callbacks": [
+                {
+                    "class_path": "jreg_lightning.throughput.TokenThroughputMonitor",
+                    "init_args": {"window_size": 3},
+                }
+            ],
+        },
+        "data": {"data_dir": str(data), "seq_len": seq, "batch_size": batch, "num_workers": 0},
+    }
+    if args.gpu:
+        override["trainer"].update(accelerator="gpu", devices=1, precision="bf16-mixed")
+    else:
+        override["trainer"].update(accelerator="cpu", devices=1)
+    extra = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        extra = _merge(extra, _nested(key, yaml.safe_load(value)))
+    (work / "override.yaml").write_text(yaml.safe_dump(override))
+    (work / "extra.yaml").write_text(yaml.safe_dump(extra or {}))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(ROOT))
+    os.chdir(ROOT)
+    from jreg_lightning.cli import main as cli_main
+
+    cli_args = ["fit", "--config", args.config, "--config", str(work / "override.yaml")]
+    if extra:
+        cli_args += ["--config", str(work / "extra.yaml")]
+    cli_main(cli_args)
+    metrics = next(work.glob("logs/version_*/metrics.csv"))
+    last = {}
+    with open(metrics) as handle:
+        for row in csv.DictReader(handle):
+            last.update({k: v for k, v in row.items() if v})
+    tokens = float(last.get("train/device/tokens_per_sec", "nan"))
+    flops = float(last.get("train/device/flops_per_sec", "nan"))
+    mfu = last.get("train/device/mfu")
+    print(
+        f"fit_throughput: {args.config} batch={batch}x{seq} gpu={args.gpu} {' '.join(args.set)}: "
+        f"{tokens:.0f} tokens/s, {flops / 1e12:.3f} TFLOP/s"
+        + (f", MFU {float(mfu):.3f}" if mfu else ", MFU n/a (no known peak)")
+    )
+
+
+def _merge(base: dict, more: dict) -> dict:
+    for key, value in more.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+if __name__ == "__main__":
+    main()
