@@ -10,54 +10,25 @@ the Hugging Face convention).
 
 from __future__ import annotations
 
+import itertools
 import json
-import math
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from jreg_lightning.displacement import (
-    displacement,
-    jump_layer,
-    jump_strength,
-    jump_strength_late,
-    masked_sum_and_count,
-)
+from jreg_lightning.analysis.measure import measure_model
+from jreg_lightning.analysis.text import shard_batches, shard_dir, shard_vocab_size
 from jreg_lightning.evaluation.models import EvalModel, load_eval_model, require_tokenizer
-
-
-def shard_dir(data: Path, split: str) -> Path:
-    """The litdata dataset to read: ``data`` itself, or its ``split`` folder."""
-    if (data / "index.json").is_file():
-        return data
-    if (data / split / "index.json").is_file():
-        return data / split
-    raise FileNotFoundError(
-        f"data: neither {data} nor {data / split} holds a litdata index.json; pass a folder "
-        "written by cli.py prepare (or one of its splits) or a .txt file"
-    )
-
-
-def shard_blocks(dataset_dir: Path, seq_len: int, batch_size: int) -> Iterator[torch.Tensor]:
-    """Batches ``(batch, seq_len + 1)`` of token blocks of a litdata ``TokensLoader`` dataset."""
-    from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
-
-    dataset = StreamingDataset(
-        input_dir=str(dataset_dir),
-        item_loader=TokensLoader(block_size=seq_len + 1),
-        shuffle=False,
-        drop_last=False,
-    )
-    yield from StreamingDataLoader(dataset, batch_size=batch_size, num_workers=0)
 
 
 def text_blocks(token_ids: list[int], seq_len: int, batch_size: int) -> Iterator[torch.Tensor]:
     """Batches of consecutive ``seq_len + 1``-token blocks of one token stream.
 
-    A last, shorter block (of at least 2 tokens) is scored on its own.
+    A last, shorter block (of at least 2 tokens) is scored on its own, so every
+    token of a short text counts.
     """
     block = seq_len + 1
     full = len(token_ids) // block
@@ -69,65 +40,42 @@ def text_blocks(token_ids: list[int], seq_len: int, batch_size: int) -> Iterator
         yield tokens[full * block :][None]
 
 
-@torch.no_grad()
 def measure(
-    model: PreTrainedModel,
-    batches: Iterator[torch.Tensor],
-    max_batches: int | None = None,
-    profile: bool = True,
+    model: PreTrainedModel, batches: Iterable[torch.Tensor], max_batches: int | None = None
 ) -> dict:
-    """Token-weighted loss, perplexity and (optionally) the layer profile over ``batches``.
+    """Token-weighted loss, perplexity and the layer profile over ``batches``.
+
+    A view of ``jreg_lightning.analysis.measure.measure_model`` without its
+    early-exit and skip-block passes.
 
     Args:
         model: a causal LM.
         batches: ``(batch, seq_len + 1)`` token tensors.
         max_batches: stop after this many batches.
-        profile: also measure Psi per block from the hidden states.
 
     Returns:
-        ``{"loss", "ppl", "tokens", "batches"}`` plus, with ``profile``,
-        ``"profile"`` (list of L floats), ``"jump_strength"``,
-        ``"jump_strength_late"`` and ``"jump_layer"`` (None where L is too small).
+        ``{"loss", "ppl", "tokens", "batches", "profile", "jump_strength",
+        "jump_strength_late", "jump_layer"}``; the profile (L floats) uses the
+        final state after the final norm.
     """
-    device = next(model.parameters()).device
-    loss_sum, tokens, seen = 0.0, 0, 0
-    psi_sums: torch.Tensor | None = None
-    psi_count = 0.0
-    for batch in batches:
-        if max_batches is not None and seen >= max_batches:
-            break
-        batch = batch.to(device=device, dtype=torch.long)
-        inputs, targets = batch[:, :-1], batch[:, 1:]
-        out = model(input_ids=inputs, output_hidden_states=profile, use_cache=False)
-        loss_sum += float(
-            F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
-        )
-        tokens += targets.numel()
-        seen += 1
-        if profile:
-            states = out.hidden_states
-            sums = []
-            for index in range(len(states) - 1):
-                total, count = masked_sum_and_count(
-                    displacement(states[index], states[index + 1]), None
-                )
-                sums.append(total)
-            stacked = torch.stack(sums).double().cpu()
-            psi_sums = stacked if psi_sums is None else psi_sums + stacked
-            psi_count += float(count)
-    if tokens == 0:
-        raise ValueError("data: no complete block was read; lower --seq_len or pass more data")
-    loss = loss_sum / tokens
-    result = {"loss": loss, "ppl": math.exp(min(loss, 80.0)), "tokens": tokens, "batches": seen}
-    if profile and psi_sums is not None:
-        layers = (psi_sums / psi_count).float()
-        result["profile"] = [float(v) for v in layers]
-        result["jump_strength"] = float(jump_strength(layers)) if len(layers) >= 3 else None
-        result["jump_strength_late"] = (
-            float(jump_strength_late(layers)) if len(layers) >= 4 else None
-        )
-        result["jump_layer"] = int(jump_layer(layers))
-    return result
+    measured = measure_model(
+        model,
+        itertools.islice(batches, max_batches),
+        early_exit=False,
+        skip_blocks=False,
+        progress=False,
+    )
+    jump = measured["jump"]["post_norm"]
+    return {
+        "loss": measured["loss"],
+        "ppl": measured["perplexity"],
+        "tokens": measured["tokens"],
+        "batches": measured["batches"],
+        "profile": measured["profiles"]["post_norm"],
+        "jump_strength": jump["jump_strength"],
+        "jump_strength_late": jump["jump_strength_late"],
+        "jump_layer": jump["jump_layer"],
+    }
 
 
 def measure_perplexity(
@@ -137,7 +85,6 @@ def measure_perplexity(
     batch_size: int = 8,
     max_batches: int | None = None,
     split: str = "val",
-    profile: bool = True,
 ) -> dict:
     """Perplexity of a loaded model on token shards or a text file (see ``perplexity``)."""
     data = Path(data)
@@ -157,27 +104,16 @@ def measure_perplexity(
         batches = text_blocks(ids, seq_len, batch_size)
         source = str(data)
     else:
-        dataset_dir = shard_dir(data, split)
-        if model.tokenizer is not None:
-            _check_shard_vocab(data, dataset_dir, model)
-        batches = shard_blocks(dataset_dir, seq_len, batch_size)
-        source = str(dataset_dir)
-    result = measure(model.model, batches, max_batches, profile)
+        source = str(shard_dir(data, split))
+        vocab = shard_vocab_size(data)
+        if vocab is not None and vocab > model.model.config.vocab_size:
+            raise ValueError(
+                f"data: {data} was tokenized with {vocab} tokens but the model has "
+                f"{model.model.config.vocab_size}; use the data the model was trained on"
+            )
+        batches = shard_batches(data, split, seq_len, batch_size, max_batches or sys.maxsize)
+    result = measure(model.model, batches, max_batches)
     return {"model": str(model.path), "data": source, "seq_len": seq_len, **result}
-
-
-def _check_shard_vocab(data: Path, dataset_dir: Path, model: EvalModel) -> None:
-    # meta.json (written by prepare) records the vocabulary the shards were made with.
-    for folder in (dataset_dir, data):
-        meta = folder / "meta.json"
-        if meta.is_file():
-            vocab = json.loads(meta.read_text()).get("vocab_size")
-            if vocab is not None and vocab > model.model.config.vocab_size:
-                raise ValueError(
-                    f"data: {data} was tokenized with {vocab} tokens but the model has "
-                    f"{model.model.config.vocab_size}; use the data the model was trained on"
-                )
-            return
 
 
 def perplexity(
@@ -188,7 +124,6 @@ def perplexity(
     batch_size: int = 8,
     max_batches: int | None = None,
     split: str = "val",
-    profile: bool = True,
     device: str = "cpu",
     output: str | None = None,
 ) -> dict:
@@ -206,12 +141,11 @@ def perplexity(
         batch_size: blocks per forward pass.
         max_batches: score only this many batches.
         split: the split of a prepared data folder.
-        profile: also measure the layer profile and J.
         device: torch device.
         output: JSON file to write the result to.
     """
     loaded = load_eval_model(model, tokenizer, device=device)
-    result = measure_perplexity(loaded, data, seq_len, batch_size, max_batches, split, profile)
+    result = measure_perplexity(loaded, data, seq_len, batch_size, max_batches, split)
     print(format_perplexity(result))
     if output is not None:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -225,7 +159,7 @@ def format_perplexity(result: dict) -> str:
         f"{result['model']} on {result['data']} (seq_len {result['seq_len']})",
         f"loss = {result['loss']:.4f}   ppl = {result['ppl']:.2f}   tokens = {result['tokens']:,}",
     ]
-    if "profile" in result:
+    if result.get("profile"):
         lines.append(
             "Psi (post-norm final state): " + " ".join(f"{v:.4f}" for v in result["profile"])
         )
@@ -238,4 +172,4 @@ def format_perplexity(result: dict) -> str:
 
 
 def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    return "n/a" if value is None or value != value else f"{value:.3f}"
