@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# PERF's GPU-only measurements, meant to run from bench/gpu_check.sh on one
+# GPU (about 4-5 minutes on an H100/H200-class card). Not run yet: the task
+# that wrote it had no GPU. Each line prints its own table or summary line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-.venv/bin/python}"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# 1. JREG overhead in bf16 autocast: tiny shape at 4/8/16 blocks, then the 1B shape.
+"$PY" bench/jreg_overhead.py --device cuda --bf16 --layers 4 8 16 --steps 20
+"$PY" bench/jreg_overhead.py --device cuda --bf16 --layers 22 --hidden 2048 --intermediate 5632 \
+    --heads 32 --kv-heads 4 --vocab 32000 --batch 4 --seq 2048 --steps 8
+# 2. tokens/s and MFU of real fits (TokenThroughputMonitor), eager and with compiled blocks.
+"$PY" bench/fit_throughput.py --config configs/tiny_jreg.yaml --gpu --steps 60 --log-every 10
+"$PY" bench/fit_throughput.py --config configs/llama_1b_jreg.yaml --gpu --batch 4 --steps 30 --log-every 5
+"$PY" bench/fit_throughput.py --config configs/llama_1b_jreg.yaml --gpu --batch 4 --steps 30 --log-every 5 \
+    --set model.parallel.compile=true
+# 3. Lightning loop vs a hand-written loop on the GPU (tiny shape: the loop's share is largest there).
+"$PY" bench/loop_overhead.py --device cuda --rounds 4 --steps-per-round 21 --no-progress-bar
