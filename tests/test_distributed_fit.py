@@ -1,0 +1,150 @@
+"""2-process CPU fits through ``cli.py``, FSDP2 and DDP: learn, agree, checkpoint, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from jreg_lightning.checkpoints import is_distributed_checkpoint, load_full_state_dict
+from jreg_lightning.module import JregLightningModule
+from tests.conftest import TINY_LLAMA
+from tests.shards import write_token_shards
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class RankMetricsRecorder(L.Callback):
+    """Writes each rank's logged profile metrics (``*/psi/*``, ``*/jump*``) per step to JSON."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.by_step: dict[str, dict[str, float]] = {}
+
+    def _record(self, trainer: L.Trainer, stage: str) -> None:
+        values = {
+            key: float(value)
+            for key, value in trainer.callback_metrics.items()
+            if key.startswith(stage) and ("/psi/" in key or "/jump" in key)
+        }
+        self.by_step.setdefault(f"{stage}{trainer.global_step}", {}).update(values)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"rank{trainer.global_rank}.json"
+        path.write_text(json.dumps(self.by_step, sort_keys=True))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._record(trainer, "train")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._record(trainer, "val")
+
+
+@pytest.fixture(scope="module")
+def repeated_shards(tmp_path_factory) -> Path:
+    """One chunk of 20 blocks per rank: an epoch is 5 steps, so steps 5+ revisit data."""
+    return write_token_shards(
+        tmp_path_factory.mktemp("repeated"), train_documents=4, val_documents=4
+    )
+
+
+def _fit(run_dir: Path, data_dir: Path, strategy: str, max_steps: int, ckpt_path=None) -> None:
+    """``cli.py fit`` on the tiny shape, composed with ``configs/strategy/<strategy>.yaml``."""
+    override = {
+        "trainer": {
+            "max_steps": max_steps,
+            "log_every_n_steps": 1,
+            "val_check_interval": 4,
+            "limit_val_batches": 2,
+            "default_root_dir": str(run_dir),
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(run_dir), "name": "logs"},
+            },
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(run_dir / "checkpoints"),
+                        "save_last": True,
+                        "every_n_train_steps": 4,
+                    },
+                },
+                {
+                    "class_path": "tests.test_distributed_fit.RankMetricsRecorder",
+                    "init_args": {"out_dir": str(run_dir / f"ranks_{max_steps}")},
+                },
+            ],
+        },
+        "model": {
+            "llama": dict(TINY_LLAMA),
+            "optim": {"lr": 0.003, "min_lr": 0.001, "warmup_steps": 1},
+        },
+        "data": {"data_dir": str(data_dir), "seq_len": 32, "batch_size": 4},
+    }
+    override_path = run_dir / f"override_{max_steps}.yaml"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    override_path.write_text(yaml.safe_dump(override))
+    args = ["fit", "--config", "configs/tiny_jreg.yaml"]
+    args += ["--config", f"configs/strategy/{strategy}.yaml", "--config", str(override_path)]
+    if ckpt_path is not None:
+        args += ["--ckpt_path", str(ckpt_path)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, "cli.py", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+
+
+def _train_ce(metrics_csv: Path) -> dict[int, float]:
+    rows = csv.DictReader(metrics_csv.open())
+    return {int(row["step"]): float(row["train/ce"]) for row in rows if row.get("train/ce")}
+
+
+def _checkpoint_step(path: Path) -> int:
+    meta = path / "meta.pt" if path.is_dir() else path
+    return torch.load(meta, map_location="cpu", weights_only=True)["global_step"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["fsdp_cpu", "ddp_cpu"])
+def test_two_process_fit_validates_checkpoints_and_resumes(strategy, repeated_shards, tmp_path):
+    run_dir = tmp_path / strategy
+    _fit(run_dir, repeated_shards, strategy, max_steps=8)
+
+    ce = _train_ce(run_dir / "logs" / "version_0" / "metrics.csv")
+    assert sorted(ce) == list(range(8))
+    # Steps 5-7 revisit the blocks of steps 0-2 (second epoch).
+    assert sum(ce[s] for s in (5, 6, 7)) < sum(ce[s] for s in (0, 1, 2)) - 1.0, ce
+
+    # Every rank logged the same per-layer profile (one reduction of sums and counts).
+    ranks = [json.loads((run_dir / "ranks_8" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    assert "val/psi/layer_04" in ranks[0]["val4"] and "val/psi/layer_04" in ranks[0]["val8"]
+    assert "train/psi/layer_01" in ranks[0]["train8"]
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert is_distributed_checkpoint(last) == (strategy == "fsdp_cpu")
+    assert _checkpoint_step(last) == 8
+    weights = load_full_state_dict(last)
+    expected = JregLightningModule(llama=dict(TINY_LLAMA))
+    expected.configure_model()
+    shapes = {key: value.shape for key, value in expected.state_dict().items()}
+    assert {key: value.shape for key, value in weights.items()} == shapes
+
+    _fit(run_dir, repeated_shards, strategy, max_steps=10, ckpt_path=last)
+    resumed = _train_ce(run_dir / "logs" / "version_1" / "metrics.csv")
+    assert sorted(resumed) == [8, 9]
+    assert _checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == 10
