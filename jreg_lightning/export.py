@@ -18,13 +18,12 @@ import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from jreg_lightning.checkpoints import load_full_state_dict
+from jreg_lightning.data.tokenizer import KNOWN_EOS_TOKENS
 from jreg_lightning.model_config import LlamaModelConfig, build_llama
 
 # Wrappers that rename parameters inside a checkpoint: torch.compile and
 # activation checkpointing insert one of these path segments per wrapped module.
 _WRAPPER_SEGMENTS = ("_orig_mod.", "_checkpoint_wrapped_module.")
-# End-of-text tokens of common BPE setups, tried in order when none is named.
-_EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|eos|>", "[EOS]", "<|end_of_text|>")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -168,10 +167,10 @@ def load_tokenizer(
     if eos_token is None and eos_id is not None:
         eos_token = wrapped.convert_ids_to_tokens(int(eos_id))
     if eos_token is None:
-        eos_token = next((name for name in _EOS_CANDIDATES if name in vocab), None)
+        eos_token = next((name for name in KNOWN_EOS_TOKENS if name in vocab), None)
     if eos_token is None or eos_token not in vocab:
         raise ValueError(
-            f"tokenizer: no end-of-text token in {path} (tried {eos_token or _EOS_CANDIDATES}); "
+            f"tokenizer: no end-of-text token in {path} (tried {eos_token or KNOWN_EOS_TOKENS}); "
             "pass --eos_token with the name of one of its special tokens"
         )
     wrapped.eos_token = eos_token

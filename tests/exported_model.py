@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from jreg_lightning.data.datamodule import TokenShardDataModule
+from jreg_lightning.data.tokenizer import train_byte_level_bpe
 from jreg_lightning.module import JregLightningModule
 from tests.conftest import TINY_LLAMA
 
-EOS = "<|endoftext|>"
 _TEXT = [
     "The cat sat on the mat and the dog sat on the log.",
     "Water is wet, fire is hot, and ice is cold.",
@@ -22,17 +21,8 @@ _TEXT = [
 
 
 def write_tokenizer(out_dir: Path, vocab_size: int = 300) -> Path:
-    """Train a byte-level BPE on a few sentences; return the ``tokenizer.json`` path."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_TEXT * 4, trainer=trainer)
+    """Train the project's byte-level BPE on a few sentences; return the ``tokenizer.json``."""
+    tokenizer = train_byte_level_bpe(_TEXT * 4, vocab_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "tokenizer.json"
     tokenizer.save(str(path))
