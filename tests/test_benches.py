@@ -1,0 +1,58 @@
+"""The benches still run (tiny shapes, a few steps); their timings are not checked."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+TINY = ["--hidden", "64", "--intermediate", "128", "--vocab", "512", "--seq", "16", "--batch", "2"]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_jreg_overhead_prints_a_row_per_depth(capsys):
+    _load("jreg_overhead").main(["--layers", "2", "3", "--steps", "2", "--warmup", "1", *TINY])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == ["2", "3"]
+    # Both variants hold the same parameters and optimizer state: the peaks are close.
+    peak_ratio = float(rows[-1].split("|")[9])
+    assert 0.9 < peak_ratio < 1.5
+
+
+@pytest.mark.slow
+def test_loop_overhead_prints_the_ratio(capsys):
+    args = ["--layers", "2", "--rounds", "2", "--steps-per-round", "3", "--log-every", "2"]
+    _load("loop_overhead").main([*args, "--no-progress-bar", *TINY])
+    out = capsys.readouterr().out
+    assert "step-time ratio Trainer / hand loop:" in out
+    assert "| hand-written loop | 4 |" in out and "| Lightning Trainer | 4 |" in out
+
+
+def test_litgpt_config_has_our_shape(tmp_path):
+    bench = _load("vs_litgpt")
+    args = bench.parse_args(["--layers", "3", "--hidden", "64", "--heads", "4", "--seq", "16"])
+    config = bench.litgpt_config(args, tmp_path / "data", tmp_path / "out")
+    model = config["model_config"]
+    assert (model["n_layer"], model["n_embd"], model["block_size"]) == (3, 64, 16)
+    assert config["train"]["tie_embeddings"] is True
+    override = bench.ours_override(args, tmp_path / "data", tmp_path / "out", compile_blocks=True)
+    assert override["model"]["llama"]["num_layers"] == 3
+    assert override["model"]["parallel"] == {"compile": True}
+
+
+def test_step_times_skip_the_first_interval(tmp_path):
+    bench = _load("vs_litgpt")
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("iter,time\n5,10.0\n10,11.0\n15,13.0\n20,14.5\n")
+    assert bench.step_times(metrics, "time", "iter") == pytest.approx([0.4, 0.3])
