@@ -154,8 +154,9 @@ def tiny_hf_config(**extra) -> dict:
     }
 
 
-def test_analyze_does_not_unpickle_model_weights(tmp_path, monkeypatch):
+def test_hf_folders_with_pickled_weights_are_not_unpickled(tmp_path, monkeypatch):
     from jreg_lightning.analysis.loading import load_hf_model
+    from jreg_lightning.evaluation.models import load_eval_model
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     folder = tmp_path / "model"
@@ -163,14 +164,16 @@ def test_analyze_does_not_unpickle_model_weights(tmp_path, monkeypatch):
     (folder / "config.json").write_text(json.dumps(tiny_hf_config()))
     marker = tmp_path / "pwned"
     torch.save({"payload": Payload(marker)}, folder / "pytorch_model.bin")
-    with pytest.raises(Exception):  # noqa: B017 - any refusal will do; the marker is the test
-        load_hf_model(folder)
-    assert not marker.exists()
+    for load in (load_hf_model, load_eval_model):
+        with pytest.raises(Exception):  # noqa: B017 - any refusal will do; the marker is the test
+            load(folder)
+        assert not marker.exists()
 
 
 def test_model_folders_with_custom_code_are_not_imported(tmp_path):
     from jreg_lightning.analysis.loading import load_hf_model
     from jreg_lightning.data.tokenizer import load_tokenizer as data_tokenizer
+    from jreg_lightning.evaluation.models import load_eval_model
     from jreg_lightning.export import load_tokenizer as export_tokenizer
 
     folder = tmp_path / "model"
@@ -190,7 +193,7 @@ def test_model_folders_with_custom_code_are_not_imported(tmp_path):
     (folder / "tokenizer_config.json").write_text(
         json.dumps({"auto_map": {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}})
     )
-    for load in (load_hf_model, data_tokenizer, export_tokenizer):
+    for load in (load_hf_model, load_eval_model, data_tokenizer, export_tokenizer):
         with pytest.raises(Exception):  # noqa: B017 - any refusal will do; the marker is the test
             load(folder)
         assert not marker.exists(), f"{load.__module__}.{load.__name__} ran the folder's code"
