@@ -12,6 +12,28 @@ from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
 
 from jreg_lightning.data.shard_meta import chunk_tokens, read_index, read_meta, usable_tokens
 
+
+class ResumableTokenLoader(StreamingDataLoader):
+    """A ``StreamingDataLoader`` whose restored position applies to one epoch only.
+
+    litdata clears its ``restore`` flag only when the restored iterator is run to
+    exhaustion. Lightning stops after the epoch's known number of batches
+    without that last ``next()``, so on the following epoch litdata would
+    replay the restored position and repeat the epoch's shuffle (seen: a
+    resumed run diverged from an uninterrupted one at the first batch of the
+    next epoch). A second ``iter()`` after a restore therefore starts a fresh
+    epoch, as it does in an uninterrupted run.
+    """
+
+    _restored_epoch_started = False
+
+    def __iter__(self):
+        if self.restore and self._restored_epoch_started:
+            self.restore = False
+        self._restored_epoch_started = self.restore
+        yield from super().__iter__()
+
+
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("val",)}
 
 
@@ -132,7 +154,7 @@ class TokenShardDataModule(L.LightningDataModule):
         )
 
     def _loader(self, split: str, shuffle: bool) -> StreamingDataLoader:
-        return StreamingDataLoader(
+        return ResumableTokenLoader(
             self._dataset(split, shuffle),
             batch_size=self.batch_size,
             num_workers=self.num_workers,

@@ -1,0 +1,171 @@
+"""Exact resume and rank-disjoint data, checked batch by batch against an uninterrupted run.
+
+Three runs of the same config: A runs ``STEPS`` steps uninterrupted; B is stopped
+after ``STOP`` steps (its step-``STOP`` checkpoint is kept); C resumes B's
+checkpoint and runs to ``STEPS``. C must see the same sequences and losses as A
+from step ``STOP + 1`` on, across an epoch boundary (an epoch is shorter than
+``STEPS``). The 2-rank variant runs ``cli.py fit`` with DDP on CPU (gloo) and
+also checks that the ranks' batches in the first epoch are disjoint and cover it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import yaml
+
+from jreg_lightning.data.batch_log import read_batch_log, sequence_fingerprints
+from tests.conftest import TINY_LLAMA
+from tests.test_prepare import prepare_small, write_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+STOP = 5
+
+
+class StopAtStep(L.Callback):
+    """Ends a fit after ``step`` optimizer steps, as an interruption would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+@pytest.fixture(scope="module")
+def small_shards(tmp_path_factory):
+    """About 100 blocks of 33 tokens: an epoch of batch 8 is ~12 steps (~6 per rank on 2)."""
+    root = tmp_path_factory.mktemp("resume")
+    write_corpus(root / "docs.jsonl", documents=60, words=(15, 45))
+    prepare_small(root / "docs.jsonl", root / "out", chunk_blocks=10)
+    return root / "out"
+
+
+def _override(path: Path, run: Path, data_dir: Path, steps: int, stop: int | None, **trainer):
+    callbacks = [
+        {
+            "class_path": "jreg_lightning.data.batch_log.BatchLog",
+            "init_args": {"folder": str(run / "batches")},
+        },
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {
+                "dirpath": str(run / "checkpoints"),
+                "every_n_train_steps": STOP,
+                "save_top_k": -1,
+            },
+        },
+    ]
+    if stop is not None:
+        callbacks.append(
+            {"class_path": "tests.test_datamodule_resume.StopAtStep", "init_args": {"step": stop}}
+        )
+    config = {
+        "trainer": {
+            "max_steps": steps,
+            "limit_val_batches": 0,
+            "default_root_dir": str(run),
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "callbacks": callbacks,
+            **trainer,
+        },
+        "model": {"llama": TINY_LLAMA, "optim": {"warmup_steps": 2}},
+        "data": {"data_dir": str(data_dir), "seq_len": 32, "batch_size": 8},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _checkpoint(run: Path) -> Path:
+    (found,) = (run / "checkpoints").glob(f"*step={STOP}.ckpt")
+    return found
+
+
+def _assert_same_from_resume(uninterrupted: list[dict], resumed: list[dict], steps: int):
+    assert [r["step"] for r in uninterrupted] == list(range(1, steps + 1))
+    assert [r["step"] for r in resumed] == list(range(STOP + 1, steps + 1))
+    expected = uninterrupted[STOP:]
+    assert [r["rows"] for r in resumed] == [r["rows"] for r in expected]
+    assert [r["epoch"] for r in resumed] == [r["epoch"] for r in expected]
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in expected], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_single_process_resume_continues_with_the_same_batches(small_shards, tmp_path):
+    from jreg_lightning.cli import main
+
+    steps = 20
+    base = ["fit", "--config", str(REPO / "configs" / "tiny_jreg.yaml"), "--config"]
+    main([*base, str(_override(tmp_path / "a.yaml", tmp_path / "a", small_shards, steps, None))])
+    main([*base, str(_override(tmp_path / "b.yaml", tmp_path / "b", small_shards, steps, STOP))])
+    c = _override(tmp_path / "c.yaml", tmp_path / "c", small_shards, steps, None)
+    main([*base, str(c), "--ckpt_path", str(_checkpoint(tmp_path / "b"))])
+
+    uninterrupted = read_batch_log(tmp_path / "a" / "batches")
+    assert max(r["epoch"] for r in uninterrupted) >= 1, "the run should cross an epoch boundary"
+    assert [r["step"] for r in read_batch_log(tmp_path / "b" / "batches")] == list(
+        range(1, STOP + 1)
+    )
+    _assert_same_from_resume(uninterrupted, read_batch_log(tmp_path / "c" / "batches"), steps)
+
+
+def _all_blocks(split_dir: Path) -> list[str]:
+    from litdata import StreamingDataset, TokensLoader
+
+    dataset = StreamingDataset(
+        str(split_dir), item_loader=TokensLoader(block_size=33), shuffle=False, drop_last=False
+    )
+    return [sequence_fingerprints(dataset[i][None])[0] for i in range(len(dataset))]
+
+
+def _fit_ddp(override: Path, *extra: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "cli.py", "fit", "--config", "configs/tiny_jreg.yaml"]
+    result = subprocess.run(
+        [*command, "--config", str(override), *extra],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_resume_and_disjoint_ranks(small_shards, tmp_path):
+    steps = 10
+    ddp = {"strategy": "ddp", "devices": 2, "accelerator": "cpu"}
+    _fit_ddp(_override(tmp_path / "a.yaml", tmp_path / "a", small_shards, steps, None, **ddp))
+    _fit_ddp(_override(tmp_path / "b.yaml", tmp_path / "b", small_shards, steps, STOP, **ddp))
+    c = _override(tmp_path / "c.yaml", tmp_path / "c", small_shards, steps, None, **ddp)
+    _fit_ddp(c, "--ckpt_path", str(_checkpoint(tmp_path / "b")))
+
+    for rank in (0, 1):
+        _assert_same_from_resume(
+            read_batch_log(tmp_path / "a" / "batches", rank),
+            read_batch_log(tmp_path / "c" / "batches", rank),
+            steps,
+        )
+
+    # The first epoch: the ranks' sequences are disjoint and together cover the split,
+    # except what drop_last leaves over (less than one batch per rank).
+    blocks = _all_blocks(small_shards / "train")
+    assert len(set(blocks)) == len(blocks)
+    seen = []
+    for rank in (0, 1):
+        records = read_batch_log(tmp_path / "a" / "batches", rank)
+        assert max(r["epoch"] for r in records) >= 1, "the run should cross an epoch boundary"
+        seen.append([row for r in records if r["epoch"] == 0 for row in r["rows"]])
+    assert not set(seen[0]) & set(seen[1])
+    assert set(seen[0]) | set(seen[1]) <= set(blocks)
+    assert len(seen[0]) == len(seen[1])
+    assert len(blocks) - len(seen[0]) - len(seen[1]) < 2 * 8
