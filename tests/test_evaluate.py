@@ -201,3 +201,17 @@ def test_bad_inputs_fail_in_one_line(hf_folder, checkpoint, tmp_path):
     with pytest.raises(ValueError, match="two or more"):
         compare([str(hf_folder)], tasks=str(TASK))
     assert TINY_LLAMA["max_position_embeddings"] < 10_000
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [("export", "--checkpoint"), ("evaluate", "--backend"), ("perplexity", "--data"),
+     ("compare", "--models")],
+)  # fmt: skip
+def test_commands_have_help(command, option, capsys):
+    from jreg_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert option in capsys.readouterr().out
