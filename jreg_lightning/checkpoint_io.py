@@ -116,6 +116,61 @@ def safe_torch_load(
         ) from err
 
 
+# What the ``.metadata`` pickle of a torch.distributed.checkpoint folder may name.
+_METADATA_MODULE_PREFIXES = ("torch.distributed.checkpoint.",)
+_METADATA_GLOBALS = {
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("collections", "OrderedDict"),
+    ("pathlib", "Path"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "PureWindowsPath"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles only the types torch writes into a DCP ``.metadata`` file."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (
+            module.startswith(_METADATA_MODULE_PREFIXES)
+            or (module, name) in _METADATA_GLOBALS
+            or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))
+            or (module == "torch" and isinstance(getattr(torch, name, None), torch.memory_format))
+        )
+        if not allowed:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        return super().find_class(module, name)
+
+
+def check_distributed_checkpoint(folder: str | os.PathLike, field: str = "ckpt_path") -> None:
+    """Refuse a distributed-checkpoint folder whose ``.metadata`` could run code.
+
+    ``torch.distributed.checkpoint`` reads ``.metadata`` with plain ``pickle``
+    (there is no ``weights_only`` for it), so this unpickles it first with an
+    allow-list of torch's checkpoint types and raises if it names anything else.
+    """
+    path = Path(folder) / ".metadata"
+    try:
+        with path.open("rb") as handle:
+            _MetadataUnpickler(handle).load()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{field}: {folder} has no .metadata file, so it is not a distributed checkpoint; "
+            "pass the checkpoint folder itself (the one holding .metadata and *.distcp)"
+        ) from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as err:
+        raise ConfigError(
+            f"{field}: refusing to load {folder}: its .metadata is not a plain "
+            f"torch.distributed.checkpoint index ({err}); only load checkpoints you trust"
+        ) from None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` with atomic, fsynced saves and ``weights_only=True`` loads.
 

@@ -238,3 +238,26 @@ def test_source_loads_only_weights_and_never_trusts_remote_code():
                     ):
                         problems.append(f"{where}:{node.lineno} trust_remote_code is not False")
     assert not problems, "\n".join(problems)
+
+
+def test_distributed_checkpoint_metadata_is_checked_before_torch_unpickles_it(tmp_path):
+    import pickle
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    from jreg_lightning.checkpoint_io import check_distributed_checkpoint
+
+    good = tmp_path / "good.ckpt"
+    with warnings.catch_warnings():  # "assuming ... a single process": no process group here
+        warnings.simplefilter("ignore")
+        dcp.save({"state_dict": {"w": torch.ones(2, 2, dtype=torch.bfloat16)}}, checkpoint_id=good)
+    check_distributed_checkpoint(good)
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    evil.mkdir()
+    (evil / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(ValueError, match="ckpt_path: refusing to load"):
+        check_distributed_checkpoint(evil)
+    assert not marker.exists()
