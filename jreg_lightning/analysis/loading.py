@@ -15,7 +15,6 @@ from torch import nn
 
 SourceKind = Literal["hf", "checkpoint", "series", "run_logs"]
 _CHECKPOINT_SUFFIX = ".ckpt"
-_MODEL_PREFIX = "model."
 
 
 @dataclass
@@ -129,50 +128,17 @@ def series_in_order(folder: Path) -> list[tuple[int, Path]]:
 def load_checkpoint_model(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, int]:
     """The ``LlamaForCausalLM`` of a project checkpoint and its global step.
 
+    The model is rebuilt by ``export.load_checkpoint_model`` (the same weights
+    ``cli.py export`` writes); the weights are read memory-mapped.
+
     Args:
         path: a Lightning .ckpt file or an FSDP2 checkpoint folder.
         dtype: dtype to hold the weights in.
     """
-    from jreg_lightning.checkpoints import load_full_state_dict
-    from jreg_lightning.model_config import LlamaModelConfig, build_llama
+    from jreg_lightning.export import load_checkpoint_model as rebuild
 
-    meta = read_checkpoint_meta(path)
-    llama = meta["hyper_parameters"].get("llama")
-    if not isinstance(llama, dict):
-        raise ValueError(
-            f"checkpoint {path}: hyper_parameters has no 'llama' dict; pass a checkpoint of "
-            "this project's JregLightningModule"
-        )
-    state_dict = load_full_state_dict(path)
-    weights = {
-        key[len(_MODEL_PREFIX) :]: value
-        for key, value in state_dict.items()
-        if key.startswith(_MODEL_PREFIX)
-    }
-    with torch.device("meta"):
-        model = build_llama(LlamaModelConfig(**llama))
-    # assign=True adopts the loaded tensors instead of copying into fresh ones.
-    missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
-    # A tied LM head has no key of its own; everything else must be there.
-    missing = [
-        k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)
-    ]
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {path}: weights do not match its llama config (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}); the file is not from this project's module"
-        )
-    model.tie_weights()
-    _materialize_buffers(model)
-    return model.to(dtype).eval(), int(meta["global_step"] or 0)
-
-
-def _materialize_buffers(model: nn.Module) -> None:
-    # The rotary embedding's inv_freq is a non-persistent buffer, absent from the
-    # checkpoint and still on the meta device: rebuild that module on CPU.
-    rotary = model.model.rotary_emb
-    with torch.device("cpu"):
-        model.model.rotary_emb = type(rotary)(model.config)
+    step = read_checkpoint_meta(path)["global_step"]
+    return rebuild(path).to(dtype).eval(), int(step or 0)
 
 
 def load_hf_model(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, bool]:
