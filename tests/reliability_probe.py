@@ -46,13 +46,19 @@ class StepRecorder(L.Callback):
 
 
 class InjectNaN(L.Callback):
-    """Make the loss of training step ``step`` (1-based) NaN through the embedding output."""
+    """Make the loss of training step ``step`` (1-based) NaN through the embedding output.
 
-    def __init__(self, step: int) -> None:
+    ``rank``: only on that rank (None: every rank).
+    """
+
+    def __init__(self, step: int, rank: int | None = None) -> None:
         self.step = step
+        self.rank = rank
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step + 1 != self.step:
+            return
+        if self.rank is not None and trainer.global_rank != self.rank:
             return
 
         def poison(module, inputs, output):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,15 @@ from jreg_lightning.nonfinite import NonFiniteGuard
 from tests.conftest import TINY_LLAMA
 
 
-def nan_override(tmp_path: Path, data_dir: Path, nan_step: int, max_steps: int, **model) -> Path:
+def nan_override(
+    tmp_path: Path,
+    data_dir: Path,
+    nan_step: int,
+    max_steps: int,
+    nan_rank: int | None = None,
+    trainer: dict | None = None,
+    **model,
+) -> Path:
     """Tiny fit with a NaN injected at ``nan_step`` and a checkpoint every 2 steps."""
     run_dir = tmp_path / "run"
     config = {
@@ -34,7 +45,7 @@ def nan_override(tmp_path: Path, data_dir: Path, nan_step: int, max_steps: int, 
             "callbacks": [
                 {
                     "class_path": "tests.reliability_probe.InjectNaN",
-                    "init_args": {"step": nan_step},
+                    "init_args": {"step": nan_step, "rank": nan_rank},
                 },
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -46,6 +57,7 @@ def nan_override(tmp_path: Path, data_dir: Path, nan_step: int, max_steps: int, 
                     },
                 },
             ],
+            **(trainer or {}),
         },
         "model": {"llama": TINY_LLAMA, **model},
         "data": {"data_dir": str(data_dir), "seq_len": 32, "batch_size": 4},
@@ -115,3 +127,37 @@ def test_stop_mode_records_the_first_bad_step_only():
 def test_unknown_nonfinite_mode_is_refused():
     with pytest.raises(ValueError, match=r"model\.nonfinite must be stop or skip"):
         NonFiniteGuard("ignore")
+
+
+@pytest.mark.slow
+def test_nan_on_one_ddp_rank_stops_every_rank(tmp_path, token_shards):
+    override = nan_override(
+        tmp_path,
+        token_shards,
+        nan_step=5,
+        max_steps=8,
+        nan_rank=1,
+        trainer={"accelerator": "cpu", "devices": 2, "strategy": "ddp"},
+    )
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "cli.py", "fit", "--config", "configs/tiny_jreg.yaml"]
+    result = subprocess.run(
+        [*command, "--config", str(override)],
+        cwd=repo,
+        env=dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "non-finite loss (NaN or inf) at training step 5" in result.stderr
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "epoch=0-step=2.ckpt",
+        "epoch=0-step=4.ckpt",
+        "last.ckpt",
+    ]
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4
+    assert all_finite(last["state_dict"])
