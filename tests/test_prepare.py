@@ -177,3 +177,20 @@ def test_datasets_folder_is_read(tmp_path):
     scan = scan_inputs([tmp_path / "ds"], text_field="body")
     texts = [text for rng in scan.ranges for _, text in read_documents(rng)]
     assert texts == ["alpha text", "beta text"] and scan.empty_documents == 1
+
+
+def test_tokenizer_folder_names_its_eos(tmp_path):
+    from jreg_lightning.data.tokenizer import eos_token_id, load_tokenizer, train_byte_level_bpe
+
+    tokenizer = train_byte_level_bpe(["some text to learn from"] * 4, vocab_size=280)
+    tokenizer.add_special_tokens(["</s>"])
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    loaded, configured = load_tokenizer(folder)
+    assert configured == "</s>"
+    assert eos_token_id(loaded, configured) == loaded.token_to_id("</s>") != 0
+    assert eos_token_id(loaded, None) == 0  # <|endoftext|> comes first among known EOS tokens
+    with pytest.raises(ValueError, match=r"eos_token: none of \['<eot>'\] .* --eos_token"):
+        eos_token_id(loaded, "<eot>")

@@ -193,7 +193,7 @@ def _load_datasets_folder(path: Path, column: str):
     if hasattr(dataset, "column_names") and isinstance(dataset.column_names, dict):
         raise ValueError(
             f"inputs: {path} is a DatasetDict with splits {list(dataset.keys())}; "
-            "pass one split's folder (e.g. {path}/train)"
+            f"pass one split's folder (e.g. {path}/train)"
         )
     if column not in dataset.column_names:
         raise ValueError(
@@ -268,7 +268,9 @@ def scan_inputs(
         result.num_documents += count
         result.empty_documents += empty
 
-    for path, kind in sources:
+    from tqdm import tqdm
+
+    for path, kind in tqdm(sources, desc="scan inputs", unit="file", disable=len(sources) < 8):
         result.files.append(str(path))
         if kind != "datasets":
             _open_check(path)
