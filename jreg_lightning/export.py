@@ -19,11 +19,9 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTo
 
 from jreg_lightning.checkpoints import load_full_state_dict
 from jreg_lightning.data.tokenizer import KNOWN_EOS_TOKENS
+from jreg_lightning.init import canonical_name
 from jreg_lightning.model_config import LlamaModelConfig, build_llama
 
-# Wrappers that rename parameters inside a checkpoint: torch.compile and
-# activation checkpointing insert one of these path segments per wrapped module.
-_WRAPPER_SEGMENTS = ("_orig_mod.", "_checkpoint_wrapped_module.")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -59,17 +57,13 @@ def hf_state_dict(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     """The ``LlamaForCausalLM`` keys of a module state dict.
 
     Keeps the ``model.`` entries (the module's HF model), drops that prefix and
-    the path segments that ``torch.compile`` and activation checkpointing add;
+    the path segments that compile and activation-checkpoint wrappers add;
     metric and regularizer state is left out.
     """
     result = {}
     for key, value in module_state.items():
-        if not key.startswith("model."):
-            continue
-        name = key[len("model.") :]
-        for segment in _WRAPPER_SEGMENTS:
-            name = name.replace(segment, "")
-        result[name] = value
+        if key.startswith("model."):
+            result[canonical_name(key[len("model.") :])] = value
     if not result:
         raise ValueError(
             "checkpoint: no 'model.*' weights found; it was not saved by JregLightningModule"
@@ -96,7 +90,8 @@ def load_checkpoint_model(checkpoint: str | Path) -> LlamaForCausalLM:
             "loading it untied so the logits stay those of the trained model"
         )
         llama = replace(llama, tie_word_embeddings=False)
-    model = build_llama(llama)
+    with torch.device("meta"):  # no random init of weights that are overwritten anyway
+        model = build_llama(llama)
     expected = set(model.state_dict())
     if llama.tie_word_embeddings:
         # One tensor under two names: a checkpoint may hold either or both.
@@ -110,9 +105,14 @@ def load_checkpoint_model(checkpoint: str | Path) -> LlamaForCausalLM:
             f"(missing {missing[:3]}, unexpected {unexpected[:3]}); was it saved by this project?"
         )
     model.load_state_dict(
-        {k: v.to(torch.float32) for k, v in weights.items()}, strict=not llama.tie_word_embeddings
+        {k: v.to(torch.float32) for k, v in weights.items()},
+        strict=not llama.tie_word_embeddings,
+        assign=True,
     )
     model.tie_weights()
+    # The rotary inv_freq buffer is computed, not saved: build that module for real.
+    with torch.device("cpu"):
+        model.model.rotary_emb = type(model.model.rotary_emb)(model.config)
     return model.eval()
 
 
