@@ -73,7 +73,9 @@ class JregLightningModule(L.LightningModule):
             }
         )
         num_layers = self.llama_config.num_layers
-        self.regularizer = JumpRegularizer(self.jreg_config, num_layers)
+        self.regularizer = JumpRegularizer(
+            self.jreg_config, num_layers, compile=self.parallel_config.compile
+        )
         self.train_profile = LayerProfileMetric(num_layers)
         self.val_profile = LayerProfileMetric(num_layers)
         # Early-exit (logit lens) CE per block: sums and counts in one (2, L) state.
