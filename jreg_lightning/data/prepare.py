@@ -75,8 +75,10 @@ def _tokenize_range(
         yield torch.from_numpy(tokens[start : start + block].copy())
 
 
-def _held_out(num_documents: int, val_fraction: float, val_documents: int | None, seed: int):
-    """The global numbers of the validation documents (a seeded random subset)."""
+def _held_out(
+    num_documents: int, val_fraction: float, val_documents: int | None, seed: int
+) -> list[int]:
+    """The global numbers of the validation documents, sorted (a seeded random subset)."""
     if val_documents is None:
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction: {val_fraction} is not in (0, 1); pass e.g. 0.01")
@@ -91,7 +93,7 @@ def _held_out(num_documents: int, val_fraction: float, val_documents: int | None
             "pass a smaller --val_documents / --val_fraction or more input"
         )
     order = np.random.default_rng(seed).permutation(num_documents)
-    return frozenset(int(i) for i in order[:count])
+    return sorted(int(i) for i in order[:count])
 
 
 def _check_output(output: Path, overwrite: bool, inputs: Sequence[str]) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,9 +51,10 @@ class DocumentRange:
     num_documents: int
     keep: frozenset[int] | None = None
 
-    def select(self, indices: frozenset[int], inside: bool) -> DocumentRange | None:
-        """This range restricted to documents in (or not in) ``indices``; ``None`` if empty."""
-        mine = {i for i in indices if self.first_index <= i < self.first_index + self.num_documents}
+    def select(self, indices: Sequence[int], inside: bool) -> DocumentRange | None:
+        """This range kept to documents in (or not in) sorted ``indices``; ``None`` if empty."""
+        stop = self.first_index + self.num_documents
+        mine = set(indices[bisect_left(indices, self.first_index) : bisect_left(indices, stop)])
         count = len(mine) if inside else self.num_documents - len(mine)
         if count == 0:
             return None
