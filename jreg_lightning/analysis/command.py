@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -51,9 +52,9 @@ def analyze(
     max_batches: int = 8,
     early_exit: bool = True,
     skip_blocks: bool = True,
-    stage: str = "val",
+    stage: Literal["val", "train"] = "val",
     device: str = "cpu",
-    dtype: str = "float32",
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     out_dir: str = "runs/analysis",
     progress: bool = True,
 ) -> dict:
