@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jreg_lightning.model_config import LlamaModelConfig
 from jreg_lightning.module import JregLightningModule
 from jreg_lightning.optim import OptimConfig, build_optimizer
-from jreg_lightning.regularizer import JregConfig
+from jreg_lightning.regularizer import JregConfig, JumpRegularizer
 from jreg_lightning.throughput import step_flops
 
 
@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU runs)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    parser.add_argument(
+        "--compile-term", action="store_true", help="also time the torch.compile-d JREG term"
+    )
     return parser.parse_args(argv)
 
 
@@ -126,6 +129,33 @@ def time_alternating(variants: list[Variant], batch: torch.Tensor, args, device)
             variant.times.append(clock() - start)
 
 
+def term_time(layers: int, args, device: torch.device, compile_term: bool) -> float:
+    """Median time of the JREG term alone (forward + backward) on random states of the step's shape.
+
+    Steadier than the difference of two step times: it is the term's own cost,
+    including the accumulation of its gradients into the states.
+    """
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    regularizer = JumpRegularizer(
+        JregConfig(lam=1.0, weights="uniform"), layers, compile=compile_term
+    ).to(device)
+    shape = (args.batch, args.seq, args.hidden)
+    states = [
+        torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+        for _ in range(layers + 1)
+    ]
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    times = []
+    for index in range(args.warmup + 2 * args.steps):
+        synchronize(device)
+        start = clock()
+        torch.autograd.grad(regularizer(states)[0], states)
+        synchronize(device)
+        if index >= args.warmup:
+            times.append(clock() - start)
+    return statistics.median(times)
+
+
 def static_bytes(variant: Variant) -> int:
     """Bytes that live across steps: parameters, buffers and optimizer state."""
     tensors = [*variant.module.model.parameters(), *variant.module.model.buffers()]
@@ -166,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     header = (
         "| layers | params | JREG/step FLOPs | CE ms | CE+JREG ms | time ratio "
-        "| CE peak MiB | CE+JREG peak MiB | peak ratio | step-transient peak ratio |"
+        "| CE peak MiB | CE+JREG peak MiB | peak ratio | step-transient peak ratio "
+        "| JREG term alone ms | term / CE step |"
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -195,13 +226,18 @@ def main(argv: list[str] | None = None) -> None:
             f"| {t_plain:.1f} | {t_jreg:.1f} | {t_jreg / t_plain:.3f} "
         )
         if args.no_memory:
-            row += "| - | - | - | - |"
+            row += "| - | - | - | - "
         else:
             (p_total, p_step), (j_total, j_step) = (peak_memory(v, batch, device) for v in variants)
             row += (
                 f"| {p_total / 2**20:.1f} | {j_total / 2**20:.1f} | {j_total / p_total:.3f} "
-                f"| {j_step / p_step:.3f} |"
+                f"| {j_step / p_step:.3f} "
             )
+        term = term_time(layers, args, device, compile_term=False) * 1e3
+        row += f"| {term:.1f} | {term / t_plain:.4f} |"
+        if args.compile_term:
+            compiled = term_time(layers, args, device, compile_term=True) * 1e3
+            row += f" compiled term: {compiled:.1f} ms, {compiled / t_plain:.4f} |"
         print(row, flush=True)
         del variants
 
