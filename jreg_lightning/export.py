@@ -185,6 +185,17 @@ def _check_vocab(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase) ->
         )
 
 
+def _portable_tokenizer_config(path: Path) -> None:
+    # transformers 5 names its fast tokenizer class TokenizersBackend, which
+    # transformers 4 does not know; PreTrainedTokenizerFast loads in both.
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def export(
     checkpoint: str,
     out_dir: str,
@@ -232,11 +243,14 @@ def export(
     hf_tokenizer = load_tokenizer(tokenizer, eos_token, eos_id)
     model = load_checkpoint_model(checkpoint)
     _check_vocab(model, hf_tokenizer)
+    # The special ids are the tokenizer's (LlamaConfig's default bos_token_id=1 is a
+    # real token of a BPE trained here); the cache is for whoever generates next.
     for name in ("eos", "bos", "pad"):
         token_id = getattr(hf_tokenizer, f"{name}_token_id")
-        if token_id is not None:
-            setattr(model.config, f"{name}_token_id", token_id)
-            setattr(model.generation_config, f"{name}_token_id", token_id)
+        setattr(model.config, f"{name}_token_id", token_id)
+        setattr(model.generation_config, f"{name}_token_id", token_id)
+    model.config.use_cache = True
+    hf_tokenizer.model_max_length = model.config.max_position_embeddings
     model.to(_DTYPES[dtype])
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -246,6 +260,9 @@ def export(
     try:
         model.save_pretrained(staging)
         hf_tokenizer.save_pretrained(staging)
+        _portable_tokenizer_config(staging / "tokenizer_config.json")
+        for file in staging.iterdir():
+            file.chmod(0o644)
         if out.exists():  # overwrite: move the old folder aside until the new one is in place
             previous = out.with_name(f".{out.name}.replaced")
             shutil.rmtree(previous, ignore_errors=True)

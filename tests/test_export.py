@@ -93,7 +93,13 @@ def test_tokenizer_round_trips_through_auto_tokenizer(tokenizer_file, tmp_path):
     assert loaded.encode(text) == raw.encode(text).ids
     assert loaded.decode(loaded.encode(text)) == text
     assert loaded.eos_token == EOS
-    assert _load_hf(out).config.eos_token_id == raw.token_to_id(EOS)
+    config = _load_hf(out).config
+    assert config.eos_token_id == raw.token_to_id(EOS)
+    assert config.bos_token_id is None, "no BOS in this tokenizer: none in the config either"
+    # A class name transformers 4 knows too, not v5's TokenizersBackend.
+    saved = json.loads((out / "tokenizer_config.json").read_text())
+    assert saved["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert saved["model_max_length"] == TINY_LLAMA["max_position_embeddings"]
 
 
 def test_tokenizer_comes_from_prepared_data_meta(tokenizer_file, tmp_path):
