@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import asdict
 
 import lightning as L
@@ -141,13 +142,17 @@ class JregLightningModule(L.LightningModule):
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         """One step: forward -> CE + lam * sum_l w_l Psi_l; metrics at log steps only."""
         inputs, targets = batch[:, :-1], batch[:, 1:].long()
-        logits, states = self.forward_with_states(inputs)
+        # Psi_l is computed inside the forward, right after block l, so that in
+        # backward each JREG gradient is made just before its block needs it.
+        enabled = self.regularizer.enabled
+        with self.regularizer.capture(self.model) if enabled else nullcontext({}) as psi:
+            logits, states = self.forward_with_states(inputs)
         ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         loss = ce
         layer_sums: dict[int, Tensor] = {}
         jreg = None
-        if self.regularizer.enabled:
-            jreg, layer_sums, _ = self.regularizer(states)
+        if enabled:
+            jreg, layer_sums, _ = self.regularizer.combine(psi)
             loss = ce + jreg
         # NaN/inf: ``stop`` only records the step on the device here and raises at the next
         # log step or checkpoint save; ``skip`` (opt-in, one sync per step) drops the batch.

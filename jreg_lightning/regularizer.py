@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -128,15 +129,83 @@ class JumpRegularizer(torch.nn.Module):
             computed (non-zero weight) layers keyed by 0-based layer index, and
             the number of positions.
         """
-        term = states[0].new_zeros((), dtype=torch.float32)
+        psi = {i: self._displacement(states[i], states[i + 1]) for i in self.active_layers}
+        if not psi:
+            psi_shape = states[0].new_zeros(states[0].shape[:2], dtype=torch.float32)
+            return self.combine({}, mask, empty_like=psi_shape)
+        return self.combine(psi, mask)
+
+    def combine(
+        self, psi: dict[int, Tensor], mask: Tensor | None = None, empty_like: Tensor | None = None
+    ) -> tuple[Tensor, dict[int, Tensor], Tensor]:
+        """``lam * sum_l w_l * mean(Psi_l)`` from per-position Psi of the active layers.
+
+        Args:
+            psi: ``(batch, seq)`` float32 Psi per active layer, keyed by 0-based index
+                (from ``capture`` or computed from the states).
+            mask: ``(batch, seq)``, 1 at real tokens; None for all positions.
+            empty_like: a ``(batch, seq)`` tensor giving the count when ``psi`` is empty.
+
+        Returns:
+            ``(term, layer_sums, count)`` as ``forward``.
+        """
+        term = None
         layer_sums: dict[int, Tensor] = {}
         count = None
         for index in self.active_layers:
-            total, count = masked_sum_and_count(
-                self._displacement(states[index], states[index + 1]), mask
-            )
-            term = term + self._weight_values[index] * (total / count.clamp_min(1.0))
+            total, count = masked_sum_and_count(psi[index], mask)
+            weighted = self._weight_values[index] * (total / count.clamp_min(1.0))
+            term = weighted if term is None else term + weighted
             layer_sums[index] = total.detach()
         if count is None:
-            _, count = masked_sum_and_count(states[0].new_zeros(states[0].shape[:2]), mask)
+            term = empty_like.new_zeros((), dtype=torch.float32)
+            _, count = masked_sum_and_count(empty_like, mask)
         return self.config.lam * term, layer_sums, count
+
+    @contextmanager
+    def capture(self, model: torch.nn.Module) -> Iterator[dict[int, Tensor]]:
+        """Compute each active layer's Psi inside the model's forward, block by block.
+
+        Forward hooks on the decoder blocks (and the final norm for the
+        ``post_norm`` final state) of a Hugging Face ``LlamaForCausalLM``
+        compute Psi_l right after block l. Computed after the whole forward
+        instead, every Psi node would run first in backward and the JREG
+        gradients of all L states would wait in memory until the model's
+        backward reached them (one extra ``(batch, seq, hidden)`` buffer per
+        layer at the peak). Created in order, each runs just before its block's
+        backward. Values and gradients are those of ``forward``.
+
+        Yields:
+            The dict ``combine`` takes, filled during the forward.
+        """
+        psi: dict[int, Tensor] = {}
+        last = self.num_layers - 1
+        post_norm = self.config.final_state == "post_norm"
+        last_input: dict[str, Tensor] = {}
+
+        def block_hook(index: int):
+            def hook(_module, args, kwargs, output):
+                h_prev = args[0] if args else kwargs["hidden_states"]
+                h_next = output[0] if isinstance(output, tuple) else output
+                if index == last and post_norm:
+                    last_input["h"] = h_prev  # h_L is the final norm's output
+                else:
+                    psi[index] = self._displacement(h_prev, h_next)
+
+            return hook
+
+        def norm_hook(_module, _args, output):
+            psi[last] = self._displacement(last_input.pop("h"), output)
+
+        layers = model.model.layers
+        handles = [
+            layers[index].register_forward_hook(block_hook(index), with_kwargs=True)
+            for index in self.active_layers
+        ]
+        if post_norm and last in self.active_layers:
+            handles.append(model.model.norm.register_forward_hook(norm_hook))
+        try:
+            yield psi
+        finally:
+            for handle in handles:
+                handle.remove()

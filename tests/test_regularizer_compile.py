@@ -34,3 +34,38 @@ def test_module_compiles_the_term_with_the_blocks():
     )
     assert plain.regularizer._displacement is displacement
     assert compiled.regularizer._displacement is not displacement
+
+
+@pytest.mark.parametrize("final_state", ["post_norm", "pre_norm"])
+@pytest.mark.parametrize("weights", ["linear", "final"])
+def test_psi_captured_in_forward_equals_psi_from_states(final_state, weights):
+    """``capture`` (Psi made block by block) gives ``forward``'s term and gradients."""
+    from jreg_lightning.model_config import LlamaModelConfig, build_llama
+    from tests.conftest import TINY_LLAMA
+
+    torch.manual_seed(0)
+    config = JregConfig(lam=0.5, weights=weights, final_state=final_state)
+    model = build_llama(LlamaModelConfig(**TINY_LLAMA))
+    regularizer = JumpRegularizer(config, TINY_LLAMA["num_layers"])
+    tokens = torch.randint(0, TINY_LLAMA["vocab_size"], (2, 12))
+    last: dict = {}
+    hook = model.model.layers[-1].register_forward_hook(lambda m, a, out: last.update(h=out))
+    with regularizer.capture(model) as psi:
+        out = model(input_ids=tokens, output_hidden_states=True, use_cache=False)
+    hook.remove()
+    assert sorted(psi) == regularizer.active_layers
+    states = regularizer.select_states(out.hidden_states, last["h"])
+    captured, captured_sums, _ = regularizer.combine(psi)
+    reference, reference_sums, _ = regularizer(states)
+    torch.testing.assert_close(captured, reference)
+    torch.testing.assert_close(
+        torch.stack(list(captured_sums.values())), torch.stack(list(reference_sums.values()))
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    got = torch.autograd.grad(captured, params, retain_graph=True, allow_unused=True)
+    expected = torch.autograd.grad(reference, params, allow_unused=True)
+    for g, e in zip(got, expected):
+        if e is None:
+            assert g is None or not g.any()
+        else:
+            torch.testing.assert_close(g, e)
