@@ -55,8 +55,15 @@ def repeated_shards(tmp_path_factory) -> Path:
     )
 
 
-def _fit(run_dir: Path, data_dir: Path, strategy: str, max_steps: int, ckpt_path=None) -> None:
-    """``cli.py fit`` on the tiny shape, composed with ``configs/strategy/<strategy>.yaml``."""
+def _fit(
+    run_dir: Path,
+    data_dir: Path,
+    strategy: str,
+    max_steps: int,
+    ckpt_path=None,
+    command: str = "fit",
+) -> None:
+    """``cli.py fit`` (or ``validate``) on the tiny shape with ``configs/strategy/<strategy>``."""
     override = {
         "trainer": {
             "max_steps": max_steps,
@@ -79,7 +86,7 @@ def _fit(run_dir: Path, data_dir: Path, strategy: str, max_steps: int, ckpt_path
                 },
                 {
                     "class_path": "tests.test_distributed_fit.RankMetricsRecorder",
-                    "init_args": {"out_dir": str(run_dir / f"ranks_{max_steps}")},
+                    "init_args": {"out_dir": str(run_dir / f"ranks_{command}_{max_steps}")},
                 },
             ],
         },
@@ -89,10 +96,10 @@ def _fit(run_dir: Path, data_dir: Path, strategy: str, max_steps: int, ckpt_path
         },
         "data": {"data_dir": str(data_dir), "seq_len": 32, "batch_size": 4},
     }
-    override_path = run_dir / f"override_{max_steps}.yaml"
+    override_path = run_dir / f"override_{command}_{max_steps}.yaml"
     run_dir.mkdir(parents=True, exist_ok=True)
     override_path.write_text(yaml.safe_dump(override))
-    args = ["fit", "--config", "configs/tiny_jreg.yaml"]
+    args = [command, "--config", "configs/tiny_jreg.yaml"]
     args += ["--config", f"configs/strategy/{strategy}.yaml", "--config", str(override_path)]
     if ckpt_path is not None:
         args += ["--ckpt_path", str(ckpt_path)]
@@ -108,9 +115,9 @@ def _fit(run_dir: Path, data_dir: Path, strategy: str, max_steps: int, ckpt_path
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
 
-def _train_ce(metrics_csv: Path) -> dict[int, float]:
+def _logged(metrics_csv: Path, key: str) -> dict[int, float]:
     rows = csv.DictReader(metrics_csv.open())
-    return {int(row["step"]): float(row["train/ce"]) for row in rows if row.get("train/ce")}
+    return {int(row["step"]): float(row[key]) for row in rows if row.get(key)}
 
 
 def _checkpoint_step(path: Path) -> int:
@@ -124,13 +131,13 @@ def test_two_process_fit_validates_checkpoints_and_resumes(strategy, repeated_sh
     run_dir = tmp_path / strategy
     _fit(run_dir, repeated_shards, strategy, max_steps=8)
 
-    ce = _train_ce(run_dir / "logs" / "version_0" / "metrics.csv")
+    ce = _logged(run_dir / "logs" / "version_0" / "metrics.csv", "train/ce")
     assert sorted(ce) == list(range(8))
     # Steps 5-7 revisit the blocks of steps 0-2 (second epoch).
     assert sum(ce[s] for s in (5, 6, 7)) < sum(ce[s] for s in (0, 1, 2)) - 1.0, ce
 
     # Every rank logged the same per-layer profile (one reduction of sums and counts).
-    ranks = [json.loads((run_dir / "ranks_8" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = [json.loads((run_dir / "ranks_fit_8" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]
     assert "val/psi/layer_04" in ranks[0]["val4"] and "val/psi/layer_04" in ranks[0]["val8"]
     assert "train/psi/layer_01" in ranks[0]["train8"]
@@ -144,7 +151,13 @@ def test_two_process_fit_validates_checkpoints_and_resumes(strategy, repeated_sh
     shapes = {key: value.shape for key, value in expected.state_dict().items()}
     assert {key: value.shape for key, value in weights.items()} == shapes
 
+    # validate from the checkpoint alone: the weights come back exactly.
+    _fit(run_dir, repeated_shards, strategy, max_steps=8, ckpt_path=last, command="validate")
+    fit_val = _logged(run_dir / "logs" / "version_0" / "metrics.csv", "val/loss")[7]
+    (validated,) = _logged(run_dir / "logs" / "version_1" / "metrics.csv", "val/loss").values()
+    assert validated == pytest.approx(fit_val, rel=1e-6)
+
     _fit(run_dir, repeated_shards, strategy, max_steps=10, ckpt_path=last)
-    resumed = _train_ce(run_dir / "logs" / "version_1" / "metrics.csv")
+    resumed = _logged(run_dir / "logs" / "version_2" / "metrics.csv", "train/ce")
     assert sorted(resumed) == [8, 9]
     assert _checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == 10
