@@ -95,7 +95,9 @@ def masked_sum_and_count(psi: Tensor, mask: Tensor | None) -> tuple[Tensor, Tens
         that batches and ranks can be merged exactly.
     """
     if mask is None:
-        return psi.sum(), torch.tensor(float(psi.numel()), device=psi.device)
+        # new_full fills on the device; torch.tensor(..., device=cuda) would be a
+        # blocking host-to-device copy, i.e. a host sync per layer per step.
+        return psi.sum(), psi.new_full((), float(psi.numel()))
     mask = mask.to(device=psi.device, dtype=psi.dtype)
     return (psi * mask).sum(), mask.sum()
 
