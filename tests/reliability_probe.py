@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 
 
 class StepRecorder(L.Callback):
@@ -78,3 +79,50 @@ def read_records(out_dir: Path, rank: int = 0) -> list[tuple[int, str, str]]:
         step, loss, digest = line.split()
         records.append((int(step), loss, digest))
     return records
+
+
+def write_fit_override(
+    path: Path,
+    run_dir: Path,
+    data_dir: Path,
+    callbacks: list[dict],
+    checkpoint_every: int,
+    trainer: dict,
+    model: dict | None = None,
+    logger_version: int | None = None,
+) -> Path:
+    """An override YAML for ``cli.py fit``: the tiny model on ``data_dir``, run in ``run_dir``.
+
+    ``callbacks`` come first, then a ``ModelCheckpoint`` every ``checkpoint_every``
+    steps (all kept, plus ``last.ckpt``); ``trainer`` and ``model`` add or replace keys.
+    """
+    from tests.conftest import TINY_LLAMA
+
+    checkpoint = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {
+            "dirpath": str(run_dir / "checkpoints"),
+            "every_n_train_steps": checkpoint_every,
+            "save_last": True,
+            "save_top_k": -1,
+        },
+    }
+    logger = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(run_dir), "name": "logs", "version": logger_version},
+    }
+    config = {
+        "trainer": {
+            "limit_val_batches": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(run_dir),
+            "logger": logger,
+            "callbacks": [*callbacks, checkpoint],
+            **trainer,
+        },
+        "model": {"llama": TINY_LLAMA, **(model or {})},
+        "data": {"data_dir": str(data_dir), "seq_len": 32, "batch_size": 4},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

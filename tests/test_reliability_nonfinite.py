@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from jreg_lightning.cli import main
 from jreg_lightning.nonfinite import NonFiniteGuard
-from tests.conftest import TINY_LLAMA
+from tests.reliability_probe import write_fit_override
 
 
 def nan_override(
@@ -28,43 +27,21 @@ def nan_override(
     **model,
 ) -> Path:
     """Tiny fit with a NaN injected at ``nan_step`` and a checkpoint every 2 steps."""
-    run_dir = tmp_path / "run"
-    config = {
-        "trainer": {
-            "max_steps": max_steps,
-            "log_every_n_steps": 4,
-            "val_check_interval": max_steps,
-            "limit_val_batches": 1,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "default_root_dir": str(run_dir),
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(run_dir), "name": "logs", "version": 0},
-            },
-            "callbacks": [
-                {
-                    "class_path": "tests.reliability_probe.InjectNaN",
-                    "init_args": {"step": nan_step, "rank": nan_rank},
-                },
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {
-                        "dirpath": str(run_dir / "checkpoints"),
-                        "every_n_train_steps": 2,
-                        "save_last": True,
-                        "save_top_k": -1,
-                    },
-                },
-            ],
-            **(trainer or {}),
-        },
-        "model": {"llama": TINY_LLAMA, **model},
-        "data": {"data_dir": str(data_dir), "seq_len": 32, "batch_size": 4},
+    inject = {
+        "class_path": "tests.reliability_probe.InjectNaN",
+        "init_args": {"step": nan_step, "rank": nan_rank},
     }
-    path = tmp_path / "override.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    schedule = {"max_steps": max_steps, "log_every_n_steps": 4, "val_check_interval": max_steps}
+    return write_fit_override(
+        tmp_path / "override.yaml",
+        tmp_path / "run",
+        data_dir,
+        [inject],
+        checkpoint_every=2,
+        trainer={**schedule, **(trainer or {})},
+        model=model,
+        logger_version=0,
+    )
 
 
 def fit(override: Path) -> None:
@@ -73,6 +50,18 @@ def fit(override: Path) -> None:
 
 def all_finite(state_dict: dict) -> bool:
     return all(torch.isfinite(v).all() for v in state_dict.values() if v.is_floating_point())
+
+
+def assert_nothing_saved_after_step_4(checkpoints: Path) -> None:
+    """The NaN of step 5 stopped the run: the newest checkpoint is step 4, finite and intact."""
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "epoch=0-step=2.ckpt",
+        "epoch=0-step=4.ckpt",
+        "last.ckpt",
+    ]
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4
+    assert all_finite(last["state_dict"])
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, token_shards, capsys):
@@ -87,15 +76,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, token_sh
     assert "non-finite loss" in error_lines[0]
     assert "training step 5" in error_lines[0]
     assert f"last good checkpoint is {checkpoints / 'last.ckpt'} (step 4)" in error_lines[0]
-    # Nothing was written after the bad step; the newest checkpoint is step 4 and intact.
-    assert sorted(p.name for p in checkpoints.iterdir()) == [
-        "epoch=0-step=2.ckpt",
-        "epoch=0-step=4.ckpt",
-        "last.ckpt",
-    ]
-    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
-    assert last["global_step"] == 4
-    assert all_finite(last["state_dict"])
+    assert_nothing_saved_after_step_4(checkpoints)
 
 
 def test_skip_mode_drops_the_batch_and_counts_it(tmp_path, token_shards, capsys):
@@ -152,12 +133,18 @@ def test_nan_on_one_ddp_rank_stops_every_rank(tmp_path, token_shards):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "non-finite loss (NaN or inf) at training step 5" in result.stderr
-    checkpoints = tmp_path / "run" / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == [
-        "epoch=0-step=2.ckpt",
-        "epoch=0-step=4.ckpt",
-        "last.ckpt",
-    ]
-    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
-    assert last["global_step"] == 4
-    assert all_finite(last["state_dict"])
+    assert_nothing_saved_after_step_4(tmp_path / "run" / "checkpoints")
+
+
+def test_stop_mode_never_reads_the_loss_on_the_host(monkeypatch):
+    guard = NonFiniteGuard("stop")
+
+    def host_sync(*args, **kwargs):
+        raise AssertionError("observe() read a tensor on the host")
+
+    for method in ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, method, host_sync)
+    for step in range(1, 6):
+        guard.observe(torch.tensor(float("nan") if step in (3, 5) else 1.0), step)
+    monkeypatch.undo()
+    assert guard.first_bad_step() == 3

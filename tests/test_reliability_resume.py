@@ -11,10 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import TINY_LLAMA
-from tests.reliability_probe import read_records
+from tests.reliability_probe import read_records, write_fit_override
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 10
@@ -25,41 +23,14 @@ def write_override(
     path: Path, run_dir: Path, data_dir: Path, record_dir: Path, hang_at: int | None, **trainer
 ) -> Path:
     """Tiny model, checkpoints every ``EVERY`` steps, a ``StepRecorder``."""
-    config = {
-        "trainer": {
-            "max_steps": MAX_STEPS,
-            "log_every_n_steps": 2,
-            "val_check_interval": 5,
-            "limit_val_batches": 1,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "default_root_dir": str(run_dir),
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(run_dir), "name": "logs"},
-            },
-            "callbacks": [
-                {
-                    "class_path": "tests.reliability_probe.StepRecorder",
-                    "init_args": {"out_dir": str(record_dir), "hang_at_step": hang_at},
-                },
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {
-                        "dirpath": str(run_dir / "checkpoints"),
-                        "every_n_train_steps": EVERY,
-                        "save_last": True,
-                        "save_top_k": -1,
-                    },
-                },
-            ],
-            **trainer,
-        },
-        "model": {"llama": TINY_LLAMA},
-        "data": {"data_dir": str(data_dir), "seq_len": 32, "batch_size": 4},
+    recorder = {
+        "class_path": "tests.reliability_probe.StepRecorder",
+        "init_args": {"out_dir": str(record_dir), "hang_at_step": hang_at},
     }
-    path.write_text(yaml.safe_dump(config))
-    return path
+    schedule = {"max_steps": MAX_STEPS, "log_every_n_steps": 2, "val_check_interval": 5}
+    return write_fit_override(
+        path, run_dir, data_dir, [recorder], EVERY, trainer={**schedule, **trainer}
+    )
 
 
 def cli_env() -> dict[str, str]:
