@@ -29,4 +29,5 @@ def run_extra_command(name: str, args: Sequence[str]) -> object:
 
     module_name, function_name = EXTRA_COMMANDS[name]
     function = getattr(importlib.import_module(module_name), function_name)
-    return auto_cli(function, args=list(args), as_positional=False)
+    # Parse errors raise, so that cli.main() prints them as one line (no usage wall).
+    return auto_cli(function, args=list(args), as_positional=False, exit_on_error=False)

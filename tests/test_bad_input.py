@@ -215,6 +215,11 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], tuple[str, ...]]] = [
         ("inputs", "no.txt"),
     ),
     (
+        "prepare-vocab-size-not-a-number",
+        lambda ws: ["prepare", f"--inputs={ws.inputs}", "--vocab_size=lots"],
+        ("vocab_size", "int"),
+    ),
+    (
         "prepare-over-existing-shards",
         lambda ws: ["prepare", f"--inputs={ws.inputs}", f"--output_dir={ws.data}"],
         ("output_dir", "--overwrite"),
