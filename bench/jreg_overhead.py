@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jreg_lightning.model_config import LlamaModelConfig
+from jreg_lightning.model_config import LlamaModelConfig, build_llama
 from jreg_lightning.module import JregLightningModule
 from jreg_lightning.optim import OptimConfig, build_optimizer
 from jreg_lightning.regularizer import JregConfig, JumpRegularizer
@@ -97,7 +97,8 @@ def build_variants(config: LlamaModelConfig, args, device: torch.device) -> list
     torch.manual_seed(0)
     plain = JregLightningModule(llama=config, jreg=JregConfig(lam=0.0, weights="uniform"))
     jreg = JregLightningModule(llama=config, jreg=JregConfig(lam=1.0, weights="uniform"))
-    plain.configure_model()
+    with torch.device(device):  # built where it runs (a 1B model inits fast on a GPU)
+        plain.model = build_llama(config)
     jreg.model = plain.model
     for module in (plain, jreg):
         module.to(device)
