@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -16,10 +13,9 @@ import yaml
 
 from jreg_lightning.checkpoints import is_distributed_checkpoint, load_full_state_dict
 from jreg_lightning.module import JregLightningModule
+from tests.cli_run import run_cli, tiny_override
 from tests.conftest import TINY_LLAMA
 from tests.shards import write_token_shards
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class RankMetricsRecorder(L.Callback):
@@ -64,54 +60,29 @@ def _fit(
     command: str = "fit",
 ) -> None:
     """``cli.py fit`` (or ``validate``) on the tiny shape with ``configs/strategy/<strategy>``."""
-    override = {
-        "trainer": {
-            "max_steps": max_steps,
-            "log_every_n_steps": 1,
-            "val_check_interval": 4,
-            "limit_val_batches": 2,
-            "default_root_dir": str(run_dir),
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(run_dir), "name": "logs"},
-            },
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {
-                        "dirpath": str(run_dir / "checkpoints"),
-                        "save_last": True,
-                        "every_n_train_steps": 4,
-                    },
-                },
-                {
-                    "class_path": "tests.test_distributed_fit.RankMetricsRecorder",
-                    "init_args": {"out_dir": str(run_dir / f"ranks_{command}_{max_steps}")},
-                },
-            ],
+    checkpoints = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {
+            "dirpath": str(run_dir / "checkpoints"),
+            "save_last": True,
+            "every_n_train_steps": 4,
         },
-        "model": {
-            "llama": dict(TINY_LLAMA),
-            "optim": {"lr": 0.003, "min_lr": 0.001, "warmup_steps": 1},
-        },
-        "data": {"data_dir": str(data_dir), "seq_len": 32, "batch_size": 4},
     }
-    override_path = run_dir / f"override_{command}_{max_steps}.yaml"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    override_path.write_text(yaml.safe_dump(override))
+    recorder = {
+        "class_path": "tests.test_distributed_fit.RankMetricsRecorder",
+        "init_args": {"out_dir": str(run_dir / f"ranks_{command}_{max_steps}")},
+    }
+    override = tiny_override(
+        run_dir, data_dir, max_steps, val_check_interval=4, callbacks=[checkpoints, recorder]
+    )
+    optim = run_dir / "optim.yaml"
+    optim.write_text(yaml.safe_dump({"model": {"optim": {"lr": 0.003, "warmup_steps": 1}}}))
     args = [command, "--config", "configs/tiny_jreg.yaml"]
-    args += ["--config", f"configs/strategy/{strategy}.yaml", "--config", str(override_path)]
+    args += ["--config", f"configs/strategy/{strategy}.yaml"]
+    args += ["--config", str(override), "--config", str(optim)]
     if ckpt_path is not None:
         args += ["--ckpt_path", str(ckpt_path)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        [sys.executable, "cli.py", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
+    result = run_cli(*args, timeout=420)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
 
