@@ -56,6 +56,9 @@ def run_harness(
     Returns:
         ``{task: {"acc": ..., "acc_norm": ..., "num_docs": ...}}``.
     """
+    # Before the import: datasets and huggingface_hub read these when first imported.
+    for key, value in _OFFLINE.items():
+        os.environ.setdefault(key, value)
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager
@@ -64,8 +67,6 @@ def run_harness(
             "backend harness: lm-evaluation-harness is not installed; "
             "pip install -c constraints.txt -e '.[eval]' (or use --backend builtin)"
         ) from None
-    for key, value in _OFFLINE.items():
-        os.environ.setdefault(key, value)
     with tempfile.TemporaryDirectory(prefix="jreg-harness-") as scratch:
         include_dir, cache_dir = Path(scratch) / "tasks", Path(scratch) / "datasets"
         include_dir.mkdir()
