@@ -122,13 +122,15 @@ def test_two_process_fit_validates_checkpoints_and_resumes(strategy, repeated_sh
     shapes = {key: value.shape for key, value in expected.state_dict().items()}
     assert {key: value.shape for key, value in weights.items()} == shapes
 
-    # validate from the checkpoint alone: the weights come back exactly.
-    _fit(run_dir, repeated_shards, strategy, max_steps=8, ckpt_path=last, command="validate")
-    fit_val = _logged(run_dir / "logs" / "version_0" / "metrics.csv", "val/loss")[7]
-    (validated,) = _logged(run_dir / "logs" / "version_1" / "metrics.csv", "val/loss").values()
-    assert validated == pytest.approx(fit_val, rel=1e-6)
+    if strategy == "fsdp_cpu":  # (single-file checkpoints: the lead's end-to-end test)
+        # validate from the sharded folder alone: the weights come back exactly.
+        _fit(run_dir, repeated_shards, strategy, max_steps=8, ckpt_path=last, command="validate")
+        fit_val = _logged(run_dir / "logs" / "version_0" / "metrics.csv", "val/loss")[7]
+        (validated,) = _logged(run_dir / "logs" / "version_1" / "metrics.csv", "val/loss").values()
+        assert validated == pytest.approx(fit_val, rel=1e-6)
 
     _fit(run_dir, repeated_shards, strategy, max_steps=10, ckpt_path=last)
-    resumed = _logged(run_dir / "logs" / "version_2" / "metrics.csv", "train/ce")
+    newest = max((run_dir / "logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    resumed = _logged(newest / "metrics.csv", "train/ce")
     assert sorted(resumed) == [8, 9]
     assert _checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == 10
