@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +90,22 @@ def test_fit_validate_analyze_a_run(tmp_path, token_shards):
     series = json.loads((tmp_path / "out" / "analysis.json").read_text())["series"]["logs"]
     assert series["steps"] == [0, 1]
     assert (tmp_path / "out" / "heatmap_logs.png").is_file()
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_validate_writes_the_table_once(tmp_path, token_shards):
+    run = tmp_path / "run"
+    override = _override(run, token_shards)
+    base = ["--config", str(REPO / "configs/tiny_jreg.yaml"), "--config", str(override)]
+    main(["fit", *base, "--trainer.max_steps", "1", "--trainer.val_check_interval", "1"])
+    command = [sys.executable, str(REPO / "cli.py"), "validate", *base[:2]]
+    command += ["--config", str(REPO / "configs/strategy/fsdp_cpu.yaml"), *base[2:]]
+    command += ["--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Early-exit losses are reduced over both ranks; only rank 0 writes.
+    [report_json] = sorted(run.rglob("validation_profile.json"))
+    report = json.loads(report_json.read_text())
+    assert len(report["early_exit_loss"]) == TINY_LLAMA["num_layers"]
+    assert report["early_exit_loss"][-1] == pytest.approx(report["loss"], rel=1e-5)
