@@ -121,12 +121,14 @@ def demo(
         )
     name = config_path.stem
     plot = plot_layer_profiles(
-        {name: report["profile"]}, run / "layer_profile.png", title=f"{name}: Psi per block"
+        {name: report["profile"]},
+        run.absolute() / "layer_profile.png",
+        title=f"{name}: Psi per block",
     )
     checkpoints = [
         cb.dirpath for cb in cli.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)
     ]
-    log_dir = cli.trainer.log_dir or str(run)
+    log_dir = Path(cli.trainer.log_dir or run).absolute()
     print()
     print(format_profile_table(report))
     print(f"logs (CSV metrics):  {log_dir}")
