@@ -256,3 +256,30 @@ def test_validation_table_and_files_carry_early_exit_losses(tmp_path):
     rows = csv_path.read_text().splitlines()
     assert rows[0] == "layer,psi,early_exit_loss"
     assert rows[3] == "3,0.02,5.125"
+
+
+def test_text_and_tokenizer_json_feed_a_model(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat and the dog sat on the log\n" * 50)
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train([str(corpus)], trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    hf = tmp_path / "hf"
+    _module().model.save_pretrained(hf)
+
+    result = analyze(
+        inputs=[str(hf)],
+        text=str(corpus),
+        tokenizer=str(tmp_path / "tokenizer.json"),
+        seq_len=16,
+        batch_size=2,
+        max_batches=2,
+        skip_blocks=False,
+        out_dir=str(tmp_path / "out"),
+        progress=False,
+    )
+    [model] = result["models"]
+    assert model["batches"] == 2 and model["tokens"] == 2 * 2 * 16
