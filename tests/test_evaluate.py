@@ -120,13 +120,17 @@ def test_harness_runs_offline_on_the_exported_folder_and_agrees(hf_folder, tmp_p
     assert not list(TASK.parent.glob("*.arrow")), "the harness writes nothing beside the task"
 
 
-def test_perplexity_on_shards_equals_the_modules_validation(checkpoint, token_shards):
+def test_perplexity_on_shards_equals_the_modules_validation(checkpoint, token_shards, tmp_path):
     content = torch.load(checkpoint, weights_only=True)
     module = JregLightningModule(**content["hyper_parameters"])
     module.configure_model()
     module.load_state_dict(content["state_dict"])
     trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.validate(module, TokenShardDataModule(token_shards, seq_len=32, batch_size=4))
     expected = module.last_validation
