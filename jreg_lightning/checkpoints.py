@@ -38,6 +38,29 @@ def is_distributed_checkpoint(path: str | Path) -> bool:
     return path.is_dir() and (path / DCP_METADATA_FILE).is_file()
 
 
+def read_checkpoint_meta(path: str | Path, field: str = "ckpt_path") -> dict:
+    """Everything a checkpoint holds but its weights: ``hyper_parameters``, ``global_step``, ...
+
+    A single file is memory-mapped, so its tensors are not read. For a
+    distributed-checkpoint folder the ``.metadata`` pickle is vetted first (torch
+    reads it without ``weights_only``) and ``meta.pt`` is read. Always loaded with
+    ``weights_only=True``; errors are one line naming ``field``.
+
+    Returns:
+        The checkpoint's dict, or ``{}`` for a folder without ``meta.pt``.
+    """
+    from jreg_lightning.checkpoint_io import check_distributed_checkpoint, safe_torch_load
+
+    path = Path(path)
+    if path.is_dir():
+        check_distributed_checkpoint(path, field)
+        path = path / LIGHTNING_METADATA_FILE
+        if not path.is_file():
+            return {}
+    content = safe_torch_load(path, map_location="cpu", field=field, mmap=True)
+    return content if isinstance(content, dict) else {}
+
+
 def strip_compiled_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Drop the ``_orig_mod.`` (compile) and checkpoint/FSDP1 wrapper segments of the keys."""
     return {canonical_name(key): value for key, value in state_dict.items()}

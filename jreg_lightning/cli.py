@@ -31,11 +31,9 @@ class JregCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         # Parse errors raise (main() prints them as one line) instead of a usage wall.
         parser_kwargs = kwargs.setdefault("parser_kwargs", {})
-        for name in ("exit_on_error", *SUBCOMMAND_SPLITS):
-            if name == "exit_on_error":
-                parser_kwargs.setdefault(name, False)
-            else:
-                parser_kwargs.setdefault(name, {}).setdefault("exit_on_error", False)
+        parser_kwargs.setdefault("exit_on_error", False)
+        for subcommand in SUBCOMMAND_SPLITS:
+            parser_kwargs.setdefault(subcommand, {}).setdefault("exit_on_error", False)
         super().__init__(JregLightningModule, TokenShardDataModule, args=args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from jreg_lightning.checkpoints import load_full_state_dict
+from jreg_lightning.checkpoints import load_full_state_dict, read_checkpoint_meta
 from jreg_lightning.data.tokenizer import KNOWN_EOS_TOKENS
 from jreg_lightning.init import canonical_name
 from jreg_lightning.model_config import LlamaModelConfig, build_llama
@@ -33,18 +33,9 @@ def read_hyperparameters(checkpoint: str | Path) -> dict:
             folder (its ``meta.pt`` holds everything but the tensors).
     """
     path = Path(checkpoint)
-    if path.is_dir():
-        meta = path / "meta.pt"
-        if not meta.is_file():
-            raise FileNotFoundError(
-                f"checkpoint: {path} is a folder without meta.pt; pass a Lightning .ckpt file "
-                "or a distributed-checkpoint folder saved by this project's Trainer"
-            )
-        path = meta
-    elif not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint: {path} does not exist; pass a .ckpt file or folder")
-    content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    hparams = content.get("hyper_parameters") if isinstance(content, dict) else None
+    hparams = read_checkpoint_meta(path, field="checkpoint").get("hyper_parameters")
     if not hparams or "llama" not in hparams:
         raise ValueError(
             f"checkpoint: {checkpoint} has no 'llama' hyperparameters; it was not saved by "

@@ -159,18 +159,7 @@ def check_checkpoint_shape(
 
 
 def read_checkpoint_hyper_parameters(path: Path) -> Mapping | None:
-    """The ``hyper_parameters`` of a single-file checkpoint, read without loading tensors.
+    """The ``hyper_parameters`` of a checkpoint (file or folder), read without loading tensors."""
+    from jreg_lightning.checkpoints import read_checkpoint_meta
 
-    A distributed-checkpoint folder keeps them in ``meta.pt``; its ``.metadata``
-    pickle is checked first (torch reads it without ``weights_only``). The file
-    is memory-mapped and loaded with ``weights_only=True``.
-    """
-    from jreg_lightning.checkpoint_io import check_distributed_checkpoint, safe_torch_load
-
-    if path.is_dir():
-        check_distributed_checkpoint(path)
-        path = path / "meta.pt"
-        if not path.is_file():
-            return None
-    checkpoint = safe_torch_load(path, map_location="cpu", mmap=True)
-    return checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    return read_checkpoint_meta(path).get("hyper_parameters")

@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from jreg_lightning import checkpoints
+
 SourceKind = Literal["hf", "checkpoint", "series", "run_logs"]
 _CHECKPOINT_SUFFIX = ".ckpt"
 
@@ -87,18 +89,8 @@ def read_checkpoint_meta(path: Path) -> dict:
     Returns:
         ``{"global_step": int | None, "hyper_parameters": dict}``.
     """
-    if path.is_dir():
-        meta_file = path / "meta.pt"
-        if not meta_file.is_file():
-            raise ValueError(
-                f"checkpoint folder {path} has no meta.pt; pass a folder written by "
-                "Lightning's ModelParallelStrategy, or consolidate it first"
-            )
-        meta = torch.load(meta_file, map_location="cpu", weights_only=True)
-    else:
-        # mmap: the weights are not read here, only the small entries.
-        meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if not isinstance(meta, dict) or "hyper_parameters" not in meta:
+    meta = checkpoints.read_checkpoint_meta(path, field="inputs")
+    if "hyper_parameters" not in meta:
         raise ValueError(
             f"checkpoint {path} has no hyper_parameters; pass a checkpoint of this project's "
             "JregLightningModule (or export it to a HF folder)"
