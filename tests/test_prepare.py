@@ -77,7 +77,9 @@ def test_prepare_writes_shards_tokenizer_and_meta(prepared):
     assert on_disk == meta
     assert meta["vocab_size"] == 300 and meta["dtype"] == "uint16" and meta["seq_len"] == 32
     assert meta["splits"]["train"]["documents"] == 54 and meta["splits"]["val"]["documents"] == 6
-    assert meta["tokenizer"] == "tokenizer.json" and "prepare" in meta["command"]
+    assert meta["tokenizer"] == "tokenizer.json"
+    assert meta["command"].startswith("python cli.py prepare ")
+    assert f"--output_dir={out}" in meta["command"] and "--seq_len=32" in meta["command"]
 
     # Every document is written once, in order, with EOS after it: val and train together
     # hold exactly the tokenization of the corpus.

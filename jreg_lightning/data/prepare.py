@@ -16,6 +16,7 @@ less than one block per chunk.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -172,6 +173,19 @@ def _write_split(
     )
 
 
+def prepare_command(arguments: dict) -> str:
+    """The ``cli.py prepare`` command line that repeats a call with these arguments.
+
+    Built from the arguments themselves (not ``sys.argv``), so it is exact also
+    when ``prepare`` is called from Python.
+    """
+    words = ["python", "cli.py", "prepare"]
+    for name, value in arguments.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        words.append(f"--{name}={text}")
+    return shlex.join(words)
+
+
 def prepare(
     inputs: str | list[str],
     output_dir: str = "data/prepared",
@@ -214,6 +228,7 @@ def prepare(
     Returns:
         The contents of ``meta.json``.
     """
+    command = prepare_command(dict(locals()))
     started = time.perf_counter()
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     output = Path(output_dir).absolute()
@@ -304,7 +319,7 @@ def prepare(
         "val_seed": seed,
         "inputs": [str(Path(p).absolute()) for p in inputs],
         "text_field": text_field,
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(elapsed, 2),
     }
