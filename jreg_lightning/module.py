@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
+from transformers.utils.output_capturing import (
+    maybe_install_capturing_hooks as install_hidden_state_hooks,
+)
 
 from jreg_lightning.analysis.lens import early_exit_loss_sum
 from jreg_lightning.analysis.validation_report import format_profile_table, write_profile_report
@@ -24,6 +27,9 @@ from jreg_lightning.optim import OptimConfig, build_optimizer
 from jreg_lightning.parallelize import ParallelConfig, parallelize_llama
 from jreg_lightning.preflight import check_checkpoint_shape
 from jreg_lightning.regularizer import JregConfig, JumpRegularizer
+
+# ce, JREG term (None at lam = 0), detached Psi sums of the active layers, h_0 ... h_L.
+TrainingLosses = tuple[Tensor, Tensor | None, dict[int, Tensor], list[Tensor]]
 
 
 def _as_config(value, cls):
@@ -74,15 +80,18 @@ class JregLightningModule(L.LightningModule):
             }
         )
         num_layers = self.llama_config.num_layers
-        self.regularizer = JumpRegularizer(
-            self.jreg_config, num_layers, compile=self.parallel_config.compile
-        )
+        self.regularizer = JumpRegularizer(self.jreg_config, num_layers)
         self.train_profile = LayerProfileMetric(num_layers)
         self.val_profile = LayerProfileMetric(num_layers)
         # Early-exit (logit lens) CE per block: sums and counts in one (2, L) state.
         self.val_early_exit = LayerProfileMetric(num_layers)
         self.val_loss = MeanMetric()
         self.model = None
+        # The training loss as one torch.compile graph (compile_scope "loss"), else None.
+        self._compiled_losses = None
+        # The last block's raw output (final_state "pre_norm"), kept by a persistent hook.
+        self._last_block_output: dict[str, Tensor] = {}
+        self._pre_norm_hooked = None
         self.last_validation: dict | None = None
         self.nonfinite_guard = NonFiniteGuard(nonfinite)
 
@@ -100,12 +109,18 @@ class JregLightningModule(L.LightningModule):
         if self.model is not None:
             return
         mesh = self._data_parallel_mesh()
+        compile_target = self.parallel_config.compile_target(sharded=mesh is not None)
         with torch.device("meta"):
             model = build_llama(self.llama_config)
         parallelize_llama(model, self.parallel_config, mesh)
         device = self.trainer.strategy.root_device if self._trainer is not None else "cpu"
         seed = torch.initial_seed()
         self.model = materialize_llama(model, device, self.llama_config.initializer_range, seed)
+        if compile_target == "blocks":
+            self.regularizer.compile_displacement()
+        elif compile_target == "loss":
+            install_hidden_state_hooks(self.model.model)
+            self._compiled_losses = torch.compile(self._losses_from_states)
 
     def _data_parallel_mesh(self):
         """The strategy's data-parallel mesh under ``ModelParallelStrategy``, else None."""
@@ -122,38 +137,37 @@ class JregLightningModule(L.LightningModule):
 
     def forward_with_states(self, input_ids: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Logits ``(batch, seq, vocab)`` and the states h_0 ... h_L of the JREG config."""
-        captured: dict[str, Tensor] = {}
-        hook = None
-        if self.jreg_config.final_state == "pre_norm":
-
-            def keep_output(_module, _inputs, output):
-                captured["last"] = output[0] if isinstance(output, tuple) else output
-
-            hook = self.model.model.layers[-1].register_forward_hook(keep_output)
-        try:
-            out = self.model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
-        finally:
-            if hook is not None:
-                hook.remove()
-        states = self.regularizer.select_states(out.hidden_states, captured.get("last"))
+        self._ensure_pre_norm_capture()
+        out = self.model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
+        last = self._last_block_output.pop("h", None)
+        states = self.regularizer.select_states(out.hidden_states, last)
         return out.logits, states
+
+    def _ensure_pre_norm_capture(self) -> None:
+        """Hook the last block once to keep its raw output (``final_state: pre_norm``).
+
+        A persistent hook, installed outside any compiled region, so that a compiled
+        loss traces it like the rest of the forward instead of seeing hooks change.
+        """
+        if self.jreg_config.final_state != "pre_norm" or self._pre_norm_hooked is self.model:
+            return
+
+        def keep_output(_module, _inputs, output):
+            self._last_block_output["h"] = output[0] if isinstance(output, tuple) else output
+
+        self.model.model.layers[-1].register_forward_hook(keep_output)
+        self._pre_norm_hooked = self.model
 
     # -------------------------------------------------------------- training
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         """One step: forward -> CE + lam * sum_l w_l Psi_l; metrics at log steps only."""
         inputs, targets = batch[:, :-1], batch[:, 1:].long()
-        # Psi_l is computed inside the forward, right after block l, so that in
-        # backward each JREG gradient is made just before its block needs it.
-        enabled = self.regularizer.enabled
-        with self.regularizer.capture(self.model) if enabled else nullcontext({}) as psi:
-            logits, states = self.forward_with_states(inputs)
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        loss = ce
-        layer_sums: dict[int, Tensor] = {}
-        jreg = None
-        if enabled:
-            jreg, layer_sums, _ = self.regularizer.combine(psi)
-            loss = ce + jreg
+        if self._compiled_losses is not None:
+            self._ensure_pre_norm_capture()
+            ce, jreg, layer_sums, states = self._compiled_losses(inputs, targets)
+        else:
+            ce, jreg, layer_sums, states = self._losses_with_capture(inputs, targets)
+        loss = ce if jreg is None else ce + jreg
         # NaN/inf: ``stop`` only records the step on the device here and raises at the next
         # log step or checkpoint save; ``skip`` (opt-in, one sync per step) drops the batch.
         if self.nonfinite_guard.observe(loss, self.global_step + 1):
@@ -172,6 +186,34 @@ class JregLightningModule(L.LightningModule):
             self.log_dict(metrics)
             self.log("train/loss", loss.detach(), prog_bar=True)
         return loss
+
+    def _losses_with_capture(self, inputs: Tensor, targets: Tensor) -> TrainingLosses:
+        """CE, the JREG term (None at lam = 0), its per-layer Psi sums and h_0 ... h_L (eager).
+
+        Psi_l is computed inside the forward, right after block l, so that in
+        backward each JREG gradient is made just before its block needs it.
+        """
+        enabled = self.regularizer.enabled
+        with self.regularizer.capture(self.model) if enabled else nullcontext({}) as psi:
+            logits, states = self.forward_with_states(inputs)
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        if not enabled:
+            return ce, None, {}, states
+        jreg, layer_sums, _ = self.regularizer.combine(psi)
+        return ce, jreg, layer_sums, states
+
+    def _losses_from_states(self, inputs: Tensor, targets: Tensor) -> TrainingLosses:
+        """The same as ``_losses_with_capture`` with the term computed from the states.
+
+        This is the function ``compile_scope: loss`` compiles: in one graph the
+        compiler orders the backward itself, so no capture hooks are needed.
+        """
+        logits, states = self.forward_with_states(inputs)
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        if not self.regularizer.enabled:
+            return ce, None, {}, states
+        jreg, layer_sums, _ = self.regularizer(states)
+        return ce, jreg, layer_sums, states
 
     def _is_log_step(self) -> bool:
         trainer = self._trainer

@@ -9,11 +9,14 @@ checkpointing and compile apply.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CompileScope = Literal["auto", "loss", "blocks"]
+COMPILE_SCOPES = ("auto", "loss", "blocks")
 
 
 @dataclass
@@ -23,8 +26,14 @@ class ParallelConfig:
     Attributes:
         activation_checkpointing: recompute each decoder block in backward instead of
             keeping its activations (saves memory, costs ~1/3 more compute).
-        compile: ``torch.compile`` each decoder block (checkpoint keys gain ``_orig_mod.``;
-            ``jreg_lightning.checkpoints.load_full_state_dict`` strips it).
+        compile: ``torch.compile`` the training step's model work (see ``compile_scope``).
+        compile_scope: what ``compile`` wraps. ``loss``: the whole training loss (forward,
+            CE and the JREG term) as one graph, so that the term and the block boundaries
+            fuse too; for one device and DDP. ``blocks``: each decoder block and the JREG
+            term separately (checkpoint keys gain ``_orig_mod.``, which
+            ``jreg_lightning.checkpoints.load_full_state_dict`` strips); for FSDP2 and
+            activation checkpointing, whose wrappers sit between the blocks. ``auto``:
+            ``blocks`` under FSDP2 or with activation checkpointing, else ``loss``.
         param_dtype: FSDP2 only: dtype the sharded fp32 parameters are all-gathered in for
             compute (``bfloat16`` on GPUs, ``float32`` on CPU).
         reduce_dtype: FSDP2 only: dtype of the gradient reduce-scatter (``float32`` keeps
@@ -35,6 +44,7 @@ class ParallelConfig:
 
     activation_checkpointing: bool = False
     compile: bool = False
+    compile_scope: CompileScope = "auto"
     param_dtype: str = "float32"
     reduce_dtype: str = "float32"
     reshard_after_forward: bool = True
@@ -46,6 +56,33 @@ class ParallelConfig:
                     f"model.parallel.{name} must be one of {sorted(DTYPES)}, "
                     f"got {getattr(self, name)!r}"
                 )
+        if self.compile_scope not in COMPILE_SCOPES:
+            raise ValueError(
+                f"model.parallel.compile_scope must be one of {', '.join(COMPILE_SCOPES)}, "
+                f"got {self.compile_scope!r}"
+            )
+        if self.compile_scope == "loss" and self.activation_checkpointing:
+            raise ValueError(
+                "model.parallel.compile_scope: loss cannot be combined with "
+                "activation_checkpointing; use compile_scope: blocks (or auto)"
+            )
+
+    def compile_target(self, sharded: bool) -> Literal["loss", "blocks"] | None:
+        """What ``compile`` wraps for this run: None (eager), ``loss`` or ``blocks``.
+
+        Args:
+            sharded: whether the model is sharded with FSDP2.
+        """
+        if not self.compile:
+            return None
+        if self.compile_scope == "loss" and sharded:
+            raise ValueError(
+                "model.parallel.compile_scope: loss is for one device or DDP; under FSDP2 "
+                "use compile_scope: blocks (or auto)"
+            )
+        if self.compile_scope != "auto":
+            return self.compile_scope
+        return "blocks" if sharded or self.activation_checkpointing else "loss"
 
 
 def parallelize_llama(model: nn.Module, config: ParallelConfig, mesh=None) -> nn.Module:
@@ -72,7 +109,7 @@ def parallelize_llama(model: nn.Module, config: ParallelConfig, mesh=None) -> nn
         # 2. Compile after checkpointing and per block (not the whole model): one
         #    graph reused by every block, recompute included, and forward hooks on a
         #    block (the JREG pre-norm capture) stay outside the compiled region.
-        if config.compile:
+        if config.compile_target(sharded=mesh is not None) == "blocks":
             block = torch.compile(block)
         layers[index] = block
 

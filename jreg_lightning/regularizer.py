@@ -77,7 +77,9 @@ class JumpRegularizer(torch.nn.Module):
         super().__init__()
         self.config = config
         self.num_layers = num_layers
-        self._displacement = torch.compile(displacement) if compile else displacement
+        self._displacement = displacement
+        if compile:
+            self.compile_displacement()
         try:
             weights = layer_weights(
                 config.weights, num_layers, k=config.last_k, values=config.explicit_weights
@@ -87,6 +89,10 @@ class JumpRegularizer(torch.nn.Module):
         self.register_buffer("weights", weights, persistent=False)
         self.active_layers = [i for i, w in enumerate(weights.tolist()) if w > 0]
         self._weight_values = weights.tolist()
+
+    def compile_displacement(self) -> None:
+        """``torch.compile`` the per-pair displacement (one graph reused by every layer)."""
+        self._displacement = torch.compile(displacement)
 
     @property
     def enabled(self) -> bool:

@@ -46,9 +46,9 @@ def test_litgpt_config_has_our_shape(tmp_path):
     model = config["model_config"]
     assert (model["n_layer"], model["n_embd"], model["block_size"]) == (3, 64, 16)
     assert config["train"]["tie_embeddings"] is True
-    override = bench.ours_override(args, tmp_path / "data", tmp_path / "out", compile_blocks=True)
+    override = bench.ours_override(args, tmp_path / "data", tmp_path / "out", compile_loss=True)
     assert override["model"]["llama"]["num_layers"] == 3
-    assert override["model"]["parallel"] == {"compile": True}
+    assert override["model"]["parallel"] == {"compile": True, "compile_scope": "loss"}
 
 
 def test_step_times_skip_the_first_interval(tmp_path):

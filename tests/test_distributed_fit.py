@@ -58,6 +58,7 @@ def _fit(
     max_steps: int,
     ckpt_path=None,
     command: str = "fit",
+    model_override: dict | None = None,
 ) -> None:
     """``cli.py fit`` (or ``validate``) on the tiny shape with ``configs/strategy/<strategy>``."""
     checkpoints = {
@@ -76,7 +77,8 @@ def _fit(
         run_dir, data_dir, max_steps, val_check_interval=4, callbacks=[checkpoints, recorder]
     )
     optim = run_dir / "optim.yaml"
-    optim.write_text(yaml.safe_dump({"model": {"optim": {"lr": 0.003, "warmup_steps": 1}}}))
+    model = {"optim": {"lr": 0.003, "warmup_steps": 1}, **(model_override or {})}
+    optim.write_text(yaml.safe_dump({"model": model}))
     args = [command, "--config", "configs/tiny_jreg.yaml"]
     args += ["--config", f"configs/strategy/{strategy}.yaml"]
     args += ["--config", str(override), "--config", str(optim)]
@@ -134,3 +136,18 @@ def test_two_process_fit_validates_checkpoints_and_resumes(strategy, repeated_sh
     resumed = _logged(newest / "metrics.csv", "train/ce")
     assert sorted(resumed) == [8, 9]
     assert _checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == 10
+
+
+@pytest.mark.slow
+def test_two_process_ddp_fit_with_compiled_loss(repeated_shards, tmp_path):
+    """DDP, ``compile: true`` (auto scope: the whole loss): trains, ranks agree, plain keys."""
+    run_dir = tmp_path / "ddp_compiled"
+    compiled = {"parallel": {"compile": True}}
+    _fit(run_dir, repeated_shards, "ddp_cpu", max_steps=4, model_override=compiled)
+    ce = _logged(run_dir / "logs" / "version_0" / "metrics.csv", "train/ce")
+    assert sorted(ce) == [0, 1, 2, 3] and ce[3] < ce[0], ce
+    ranks = [json.loads((run_dir / "ranks_fit_4" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    assert "train/psi/layer_04" in ranks[0]["train4"]
+    weights = load_full_state_dict(run_dir / "checkpoints" / "last.ckpt")
+    assert not any("_orig_mod" in key for key in weights)

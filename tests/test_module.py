@@ -39,10 +39,13 @@ def _blocks(num=40, seq_len=16, vocab=TINY_LLAMA["vocab_size"], seed=0):
     return torch.randint(0, vocab, (num, seq_len + 1), generator=generator)
 
 
-def _train(module_cls, jreg: JregConfig, steps=10, log_every=3):
+def _train(module_cls, jreg: JregConfig, steps=10, log_every=3, parallel=None):
     L.seed_everything(7, verbose=False)
     module = module_cls(
-        LlamaModelConfig(**TINY_LLAMA), jreg, OptimConfig(lr=3e-3, min_lr=3e-4, warmup_steps=2)
+        LlamaModelConfig(**TINY_LLAMA),
+        jreg,
+        OptimConfig(lr=3e-3, min_lr=3e-4, warmup_steps=2),
+        parallel=parallel,
     )
     recorder = LossRecorder()
     trainer = L.Trainer(

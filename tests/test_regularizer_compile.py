@@ -22,18 +22,24 @@ def test_compiled_term_matches_eager():
         torch.testing.assert_close(got, expected)
 
 
-def test_module_compiles_the_term_with_the_blocks():
+def test_module_compiles_the_term_with_the_blocks_only():
+    """``compile_scope: blocks`` compiles the term on its own; ``loss`` traces it in the loss."""
     from jreg_lightning.displacement import displacement
     from jreg_lightning.module import JregLightningModule
     from jreg_lightning.parallelize import ParallelConfig
     from tests.conftest import TINY_LLAMA
 
-    plain = JregLightningModule(llama=TINY_LLAMA, jreg=JregConfig(lam=1.0))
-    compiled = JregLightningModule(
-        llama=TINY_LLAMA, jreg=JregConfig(lam=1.0), parallel=ParallelConfig(compile=True)
-    )
-    assert plain.regularizer._displacement is displacement
-    assert compiled.regularizer._displacement is not displacement
+    modules = {}
+    for scope in ("blocks", "loss"):
+        parallel = ParallelConfig(compile=True, compile_scope=scope)
+        modules[scope] = JregLightningModule(
+            llama=TINY_LLAMA, jreg=JregConfig(lam=1.0), parallel=parallel
+        )
+        modules[scope].configure_model()
+    assert modules["blocks"].regularizer._displacement is not displacement
+    assert modules["blocks"]._compiled_losses is None
+    assert modules["loss"].regularizer._displacement is displacement
+    assert modules["loss"]._compiled_losses is not None
 
 
 @pytest.mark.parametrize("final_state", ["post_norm", "pre_norm"])
