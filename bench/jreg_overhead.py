@@ -6,7 +6,9 @@ Same model, optimizer and batch for both variants; the JREG variant puts a
 weight on every layer (``weights: uniform``, the most work the term can do).
 A step is the module's own ``training_step`` (forward with hidden states, CE,
 the JREG term) + backward + AdamW step, outside a Trainer and with the
-log-step measurements off, as in the steps between two log steps. The two
+log-step measurements off, as in the steps between two log steps; with
+``--compile-loss`` that loss is one compiled graph in both variants, as with
+``model.parallel.compile: true`` on one device. The two
 variants alternate step by step (A B, B A, A B, ...) and the medians of their
 step times are compared.
 
@@ -66,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compile-term", action="store_true", help="also time the torch.compile-d JREG term"
     )
+    parser.add_argument(
+        "--compile-loss",
+        action="store_true",
+        help="both variants with the training loss compiled as one graph "
+        "(model.parallel.compile: true on one device)",
+    )
     return parser.parse_args(argv)
 
 
@@ -103,6 +111,8 @@ def build_variants(config: LlamaModelConfig, args, device: torch.device) -> list
     for module in (plain, jreg):
         module.to(device)
         module._is_log_step = lambda: False  # the steps between two log steps
+        if args.compile_loss:
+            module.compile_training_loss()
     optimizer, _ = build_optimizer(plain.model, OptimConfig(), max_steps=10**6)
 
     def autocast():
@@ -193,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"# jreg_overhead: device={device} ({torch.get_num_threads()} threads) "
         f"bf16={args.bf16} d={args.hidden} batch={args.batch}x{args.seq} vocab={args.vocab} "
-        f"steps={args.steps} (alternating, medians) clock={args.clock} torch={torch.__version__}"
+        f"steps={args.steps} (alternating, medians) clock={args.clock} "
+        f"compile_loss={args.compile_loss} torch={torch.__version__}"
     )
     header = (
         "| layers | params | JREG/step FLOPs | CE ms | CE+JREG ms | time ratio "

