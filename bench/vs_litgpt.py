@@ -33,6 +33,7 @@ import argparse
 import csv
 import itertools
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -232,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     for index in range(args.rounds):
         for name in names if index % 2 == 0 else names[::-1]:
             out_dir = work / f"round{index}_{names.index(name)}"
-            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(out_dir, ignore_errors=True)  # a reused --keep folder: no stale logs
+            out_dir.mkdir(parents=True)
             started = time.perf_counter()
             if sides[name] is None:
                 config = out_dir / "litgpt.yaml"
