@@ -10,7 +10,8 @@ log-step measurements off, as in the steps between two log steps; with
 ``--compile-loss`` that loss is one compiled graph in both variants, as with
 ``model.parallel.compile: true`` on one device. The two
 variants alternate step by step (A B, B A, A B, ...) and the medians of their
-step times are compared.
+step times are compared; the 95% interval (bootstrap) of the median ratio of
+back-to-back pairs says how far this machine's noise lets the ratio be read.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over one step; on a
 CPU, ``torch.distributed._tools.mem_tracker.MemTracker``, which accounts
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import random
 import statistics
 import sys
 import time
@@ -167,6 +169,16 @@ def term_time(layers: int, args, device: torch.device, compile_term: bool) -> fl
     return statistics.median(times)
 
 
+def ratio_interval(numerator: list[float], denominator: list[float], draws: int = 2000):
+    """Bootstrap 95% interval of the median of the per-pair ratios (pairs ran back to back)."""
+    ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
+    generator = random.Random(0)
+    medians = sorted(
+        statistics.median(generator.choices(ratios, k=len(ratios))) for _ in range(draws)
+    )
+    return medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
+
+
 def static_bytes(variant: Variant) -> int:
     """Bytes that live across steps: parameters, buffers and optimizer state."""
     tensors = [*variant.module.model.parameters(), *variant.module.model.buffers()]
@@ -208,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     header = (
         "| layers | params | JREG/step FLOPs | CE ms | CE+JREG ms | time ratio "
+        "| 95% interval of the pair ratios "
         "| CE peak MiB | CE+JREG peak MiB | peak ratio | step-transient peak ratio "
         "| JREG term alone ms | term / CE step |"
     )
@@ -236,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         row = (
             f"| {layers} | {config.num_parameters() / 1e6:.1f}M | {flops_share:.2e} "
             f"| {t_plain:.1f} | {t_jreg:.1f} | {t_jreg / t_plain:.3f} "
+            "| {:.3f}-{:.3f} ".format(*ratio_interval(jreg.times, plain.times))
         )
         # Inductor allocates its buffers outside the dispatcher, unseen by MemTracker:
         # a compiled step's peak is only measured on CUDA (max_memory_allocated).

@@ -125,10 +125,12 @@ def hand_round(module, loader, args) -> list[float]:
     for step in range(args.steps_per_round):
         batch = next(batches).to(args.device, non_blocking=True)
         inputs, targets = batch[:, :-1], batch[:, 1:].long()
-        logits, states = module.forward_with_states(inputs)
+        # The module's own JREG work: Psi_l made inside the forward, block by block.
+        with module.regularizer.capture(model) as psi:
+            logits, _ = module.forward_with_states(inputs)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         if module.regularizer.enabled:
-            loss = loss + module.regularizer(states)[0]
+            loss = loss + module.regularizer.combine(psi)[0]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -26,8 +26,15 @@ def test_jreg_overhead_prints_a_row_per_depth(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert [row.split("|")[1].strip() for row in rows[1:]] == ["2", "3"]
     # Both variants hold the same parameters and optimizer state: the peaks are close.
-    peak_ratio = float(rows[-1].split("|")[9])
+    peak_ratio = float(rows[-1].split("|")[10])
     assert 0.9 < peak_ratio < 1.5
+
+
+def test_ratio_interval_brackets_the_median_pair_ratio():
+    bench = _load("jreg_overhead")
+    assert bench.ratio_interval([2.0] * 5, [1.0] * 5) == (2.0, 2.0)
+    low, high = bench.ratio_interval([1.0, 1.1, 0.9, 1.2, 1.0, 0.95], [1.0] * 6)
+    assert 0.9 <= low <= 1.0 <= high <= 1.2
 
 
 @pytest.mark.slow
