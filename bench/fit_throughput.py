@@ -50,6 +50,33 @@ def write_shards(out_dir: Path, vocab: int, seq: int, sequences: int) -> None:
         )
 
 
+def timed_trainer(out_dir: Path, steps: int, log_every: int, window_size: int) -> dict:
+    """``trainer`` overrides of a timed fit: CSV logs and the throughput monitor, nothing else.
+
+    No validation, checkpoints or progress bar, so the logged training time is the steps'.
+    """
+    return {
+        "max_steps": steps,
+        "log_every_n_steps": log_every,
+        "val_check_interval": 10**6,
+        "limit_val_batches": 0,
+        "num_sanity_val_steps": 0,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "default_root_dir": str(out_dir),
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(out_dir), "name": "logs"},
+        },
+        "callbacks": [
+            {
+                "class_path": "jreg_lightning.throughput.TokenThroughputMonitor",
+                "init_args": {"window_size": window_size},
+            }
+        ],
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/tiny_jreg.yaml")
@@ -82,26 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (data / "train").exists():
         write_shards(data, vocab, seq, batch * (args.steps + 4))
     override = {
-        "trainer": {
-            "max_steps": args.steps,
-            "log_every_n_steps": args.log_every,
-            "val_check_interval": 10**6,
-            "limit_val_batches": 0,
-            "num_sanity_val_steps": 0,
-            "enable_checkpointing": False,
-            "enable_progress_bar": False,
-            "default_root_dir": str(work),
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(work), "name": "logs"},
-            },
-            "callbacks": [
-                {
-                    "class_path": "jreg_lightning.throughput.TokenThroughputMonitor",
-                    "init_args": {"window_size": 3},
-                }
-            ],
-        },
+        "trainer": timed_trainer(work, args.steps, args.log_every, window_size=3),
         "data": {"data_dir": str(data), "seq_len": seq, "batch_size": batch, "num_workers": 0},
     }
     if args.gpu:

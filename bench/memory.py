@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -74,12 +74,6 @@ def _rank(rank: int, world: int, port: int, llama: dict, batch: torch.Tensor, ou
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, default=8)
@@ -117,7 +111,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             mp.spawn(
                 _rank,
-                args=(world, _free_port(), llama, batch[:world], out),
+                args=(world, find_free_network_port(), llama, batch[:world], out),
                 nprocs=world,
                 join=True,
             )

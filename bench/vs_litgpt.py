@@ -46,7 +46,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from fit_throughput import write_shards  # noqa: E402
+from fit_throughput import timed_trainer, write_shards  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -136,24 +136,7 @@ def ours_override(args, data_dir: Path, out_dir: Path, compile_loss: bool) -> di
         "trainer": {
             "accelerator": args.device,
             "precision": "32-true" if args.device == "cpu" else "bf16-mixed",
-            "max_steps": args.steps,
-            "log_every_n_steps": args.log_every,
-            "val_check_interval": 100000,
-            "limit_val_batches": 0,
-            "num_sanity_val_steps": 0,
-            "enable_checkpointing": False,
-            "enable_progress_bar": False,
-            "default_root_dir": str(out_dir),
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(out_dir), "name": "logs"},
-            },
-            "callbacks": [
-                {
-                    "class_path": "jreg_lightning.throughput.TokenThroughputMonitor",
-                    "init_args": {"window_size": 2},
-                }
-            ],
+            **timed_trainer(out_dir, args.steps, args.log_every, window_size=2),
         },
         "model": {
             "llama": {

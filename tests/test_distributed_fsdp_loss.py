@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
 from jreg_lightning.init import canonical_name
 from jreg_lightning.module import JregLightningModule
@@ -61,16 +61,10 @@ def _fsdp_rank(rank: int, port: int, out_path: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_fsdp2_jreg_loss_and_gradients_equal_single_process(tmp_path):
     out_path = tmp_path / "fsdp.pt"
-    mp.spawn(_fsdp_rank, args=(_free_port(), str(out_path)), nprocs=WORLD, join=True)
+    mp.spawn(_fsdp_rank, args=(find_free_network_port(), str(out_path)), nprocs=WORLD, join=True)
     sharded = torch.load(out_path, weights_only=True)
 
     torch.manual_seed(SEED)
