@@ -7,7 +7,6 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-import yaml
 
 from jreg_lightning.cli import JregCLI
 from jreg_lightning.model_config import LlamaModelConfig
@@ -16,9 +15,17 @@ from jreg_lightning.regularizer import JregConfig, JumpRegularizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
-# A file without a model section (a strategy, a logger, ...) is a fragment: it is
-# parsed composed with a full config, as users pass it (several --config).
+# Files in these folders are the value of one key (``llama: model/llama_1b.yaml``).
+VALUE_FOLDERS = {"model": "model.llama", "jreg": "model.jreg"}
+# Files in these folders are overlays, passed after a full config (several --config).
+FRAGMENT_FOLDERS = {"strategy", "logger"}
 BASE_FOR_FRAGMENTS = CONFIGS / "tiny_jreg.yaml"
+# Keys that name the run (its directory) and so differ within a baseline/JREG pair.
+RUN_PATH_KEYS = (
+    "trainer.default_root_dir",
+    "trainer.logger.init_args.save_dir",
+    "trainer.callbacks.0.init_args.dirpath",
+)
 
 
 class ParseOnlyCLI(JregCLI):
@@ -28,31 +35,57 @@ class ParseOnlyCLI(JregCLI):
         pass
 
 
-def _parse(*config_files: Path):
-    args = [arg for path in config_files for arg in ("--config", str(path))]
+def _parse(*args: str | Path):
+    args = [str(arg) for arg in args]
     with mock.patch.object(sys, "argv", ["cli.py"]):
         return ParseOnlyCLI(args=args, run=False).config
 
 
-def _is_full_config(path: Path) -> bool:
-    """A full config names the model's shape; fragments (strategies, ...) do not."""
-    return "llama" in ((yaml.safe_load(path.read_text()) or {}).get("model") or {})
+def _folder(path: Path) -> str:
+    return path.relative_to(CONFIGS).parts[0] if path.parent != CONFIGS else ""
+
+
+def _parse_as_used(path: Path):
+    """Parse ``path`` the way users pass it: alone, as an overlay, or as a key's value."""
+    folder = _folder(path)
+    if folder in VALUE_FOLDERS:
+        return _parse("--config", BASE_FOR_FRAGMENTS, f"--{VALUE_FOLDERS[folder]}", path)
+    if folder in FRAGMENT_FOLDERS:
+        return _parse("--config", BASE_FOR_FRAGMENTS, "--config", path)
+    return _parse("--config", path)
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key not in ("__path__", "config"):  # where a value was read from
+                yield from _flatten(value, f"{prefix}{key}.")
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            yield from _flatten(value, f"{prefix}{index}.")
+    else:
+        yield prefix.rstrip("."), tree
+
+
+def _settings(path: Path) -> dict:
+    """The parsed config of ``path`` as flat ``{"trainer.max_steps": 100, ...}``."""
+    return dict(_flatten(_parse("--config", path).as_dict()))
 
 
 def test_there_are_configs():
-    names = {path.name for path in ALL_CONFIGS}
+    names = {str(path.relative_to(CONFIGS)) for path in ALL_CONFIGS}
     assert {"tiny_jreg.yaml", "tiny_baseline.yaml", "llama_1b_jreg.yaml"} <= names
+    assert {"model/llama_1b.yaml", "jreg/off.yaml", "jreg/linear.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_config_parses_and_builds_its_settings(path):
-    files = [path] if _is_full_config(path) else [BASE_FOR_FRAGMENTS, path]
-    config = _parse(*files)
+    config = _parse_as_used(path)
     model = config.model
     # The typed settings validate themselves when built.
-    llama = LlamaModelConfig(**vars(model.llama))
-    jreg = JregConfig(**vars(model.jreg))
-    OptimConfig(**vars(model.optim))
+    llama = LlamaModelConfig(**_fields(model.llama))
+    jreg = JregConfig(**_fields(model.jreg))
+    OptimConfig(**_fields(model.optim))
     JumpRegularizer(jreg, llama.num_layers)
     assert config.data.seq_len <= llama.max_position_embeddings, (
         f"{path.name}: data.seq_len exceeds model.llama.max_position_embeddings"
@@ -60,6 +93,13 @@ def test_config_parses_and_builds_its_settings(path):
     assert config.trainer.max_steps and config.trainer.max_steps > 0, (
         f"{path.name}: pretraining is driven by trainer.max_steps"
     )
+    if _folder(path) in ("", "study") and config.trainer.callbacks:
+        paths = [callback.class_path for callback in config.trainer.callbacks]
+        assert "jreg_lightning.throughput.TokenThroughputMonitor" in paths
+
+
+def _fields(namespace) -> dict:
+    return {key: value for key, value in vars(namespace).items() if key != "__path__"}
 
 
 def _pairs():
@@ -68,28 +108,44 @@ def _pairs():
         yield pytest.param(jreg, baseline, id=jreg.stem.removesuffix("_jreg"))
 
 
-def _flatten(tree, prefix=""):
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _flatten(value, f"{prefix}{key}.")
-    elif isinstance(tree, list):
-        for index, value in enumerate(tree):
-            yield from _flatten(value, f"{prefix}{index}.")
-    else:
-        yield prefix.rstrip("."), tree
-
-
 @pytest.mark.parametrize(("jreg_path", "baseline_path"), list(_pairs()))
 def test_pair_differs_only_in_jreg_settings(jreg_path, baseline_path):
     assert baseline_path.exists(), f"{jreg_path.name} has no baseline partner"
-    jreg_name, baseline_name = jreg_path.stem, baseline_path.stem
-    jreg = dict(_flatten(yaml.safe_load(jreg_path.read_text())))
-    # The run directory is named after the file; map it before comparing.
-    baseline = {
-        key: value.replace(baseline_name, jreg_name) if isinstance(value, str) else value
-        for key, value in _flatten(yaml.safe_load(baseline_path.read_text()))
-    }
+    jreg, baseline = _settings(jreg_path), _settings(baseline_path)
     differing = {key for key in jreg.keys() | baseline.keys() if jreg.get(key) != baseline.get(key)}
     assert differing, "the pair is identical"
-    assert all(key.startswith("model.jreg.") for key in differing), sorted(differing)
+    assert all(key.startswith("model.jreg.") or key in RUN_PATH_KEYS for key in differing), sorted(
+        differing
+    )
     assert baseline["model.jreg.lam"] == 0.0 and jreg["model.jreg.lam"] > 0
+    # Each run writes into its own directory, named after its file.
+    for key in RUN_PATH_KEYS:
+        if key in jreg:
+            assert f"runs/{jreg_path.stem}" in jreg[key] and baseline[key] != jreg[key], key
+
+
+GPU_SIZES = sorted(path.stem for path in (CONFIGS / "model").glob("llama_*.yaml"))
+
+
+@pytest.mark.parametrize("size", GPU_SIZES)
+@pytest.mark.parametrize("kind", ["jreg", "baseline"])
+def test_gpu_size_config_is_its_shape_plus_fsdp2(size, kind):
+    """The shape is named once (configs/model/), FSDP2 comes from strategy/fsdp.yaml."""
+    run = _settings(CONFIGS / f"{size}_{kind}.yaml")
+    shape = dict(
+        _flatten(
+            _parse(
+                "--config", BASE_FOR_FRAGMENTS, "--model.llama", CONFIGS / "model" / f"{size}.yaml"
+            ).as_dict()
+        )
+    )
+    assert {k: v for k, v in run.items() if k.startswith("model.llama.")} == {
+        k: v for k, v in shape.items() if k.startswith("model.llama.")
+    }
+    assert run["trainer.strategy.class_path"] == "jreg_lightning.strategy.FSDP2Strategy"
+    assert run["trainer.strategy.init_args.data_parallel_size"] == "world_size"
+    assert run["trainer.strategy.init_args.tensor_parallel_size"] == 1
+    assert (run["trainer.accelerator"], run["trainer.devices"]) == ("gpu", "auto")
+    assert run["trainer.precision"] == "bf16-mixed"
+    assert run["model.parallel.compile"] and run["model.parallel.activation_checkpointing"]
+    assert run["trainer.default_root_dir"] == f"runs/{size}_{kind}"

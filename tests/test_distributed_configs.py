@@ -1,4 +1,5 @@
-"""Paper-scale configs have the sizes they claim; launch scripts produce commands the CLI parses."""
+"""Paper-scale configs have their sizes and shard over the world size; launch scripts
+produce commands the CLI parses."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from unittest import mock
 
 import pytest
 import torch
-import yaml
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from jreg_lightning.cli import JregCLI
+from jreg_lightning.errors import ConfigError
 from jreg_lightning.model_config import LlamaModelConfig, build_llama
+from jreg_lightning.strategy import FSDP2Strategy, data_parallel_size
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -44,8 +47,8 @@ def _parse(args: list[str]):
 @pytest.mark.parametrize("kind", ["jreg", "baseline"])
 def test_paper_scale_config_builds_on_meta_with_its_parameter_count(size, kind):
     layers, low, high = PAPER_SIZES[size]
-    llama = yaml.safe_load((CONFIGS / f"{size}_{kind}.yaml").read_text())["model"]["llama"]
-    config = LlamaModelConfig(**llama)
+    llama = _parse(["--config", f"configs/{size}_{kind}.yaml"]).model.llama
+    config = LlamaModelConfig(**{k: v for k, v in vars(llama).items() if k != "__path__"})
     with torch.device("meta"):
         model = build_llama(config)
     count = sum(p.numel() for p in model.parameters())
@@ -68,9 +71,33 @@ def test_strategy_composes_with_the_largest_config(strategy):
     )
     assert config.model.llama.num_layers == 40
     init_args = getattr(config.trainer.strategy, "init_args", None)
-    if init_args is not None and "data_parallel_size" in init_args:
-        assert init_args.data_parallel_size == config.trainer.devices * config.trainer.num_nodes
-        assert init_args.tensor_parallel_size == 1
+    if strategy.startswith("fsdp") and strategy != "fsdp1_gpu.yaml":
+        # FSDP2 shards over every process, however many the launch starts.
+        assert config.trainer.strategy.class_path == "jreg_lightning.strategy.FSDP2Strategy"
+        assert (init_args.data_parallel_size, init_args.tensor_parallel_size) == ("world_size", 1)
+    else:
+        assert init_args is None or "data_parallel_size" not in init_args
+    if strategy in ("ddp.yaml", "fsdp1_gpu.yaml"):
+        # The GPU opt-in overlays replace FSDP2 whole, its per-block compile included.
+        assert not config.model.parallel.compile
+
+
+@pytest.mark.parametrize(("nodes", "devices"), [(1, 8), (4, 8), (2, 1)])
+def test_fsdp2_strategy_shards_over_the_world_size(nodes, devices):
+    strategy = FSDP2Strategy()
+    strategy.num_nodes = nodes
+    strategy.parallel_devices = [torch.device("cpu")] * devices
+    with mock.patch.object(ModelParallelStrategy, "setup_environment") as parent:
+        strategy.setup_environment()
+    parent.assert_called_once()
+    # What ModelParallelStrategy then builds its (data_parallel, tensor_parallel) mesh from.
+    assert (strategy._data_parallel_size, strategy._tensor_parallel_size) == (nodes * devices, 1)
+
+
+def test_fsdp2_strategy_refuses_a_tensor_parallel_size_that_does_not_divide():
+    assert data_parallel_size(8, 2) == 4
+    with pytest.raises(ConfigError, match="tensor_parallel_size=3"):
+        data_parallel_size(8, 3)
 
 
 def _dry_run(script: str, **env: str) -> list[str]:
@@ -99,7 +126,9 @@ def test_launch_scripts_run_a_config_the_cli_parses(script, env, nodes, gpus):
     config = _parse(cli_args)
     # A string on the command line ("4"), which Lightning reads as a device count.
     assert (config.trainer.num_nodes, int(config.trainer.devices)) == (nodes, gpus)
-    assert config.trainer.strategy.init_args.data_parallel_size == nodes * gpus
+    # No size to edit: FSDP2Strategy takes the world size when the processes start.
+    assert config.trainer.strategy.init_args.data_parallel_size == "world_size"
+    assert "--trainer.strategy.init_args.data_parallel_size" not in command
     assert config.trainer.max_steps == 5
     if script == "torchrun_fit.sh":
         assert command[command.index("--nproc_per_node") + 1] == str(gpus)
