@@ -1,9 +1,10 @@
-"""AdamW with decoupled weight decay on matrices only, and warmup + cosine decay."""
+"""AdamW with decoupled weight decay on matrices only, and its learning-rate schedule."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -15,8 +16,12 @@ class OptimConfig:
 
     Attributes:
         lr: peak learning rate, reached after ``warmup_steps``.
-        min_lr: floor of the cosine decay, reached at ``trainer.max_steps``.
+        min_lr: floor of the decay, reached at ``trainer.max_steps``.
         warmup_steps: linear warmup from 0 to ``lr``.
+        schedule: after warmup, ``cosine`` to ``min_lr`` at ``max_steps``; ``wsd``
+            (warmup-stable-decay) holds ``lr`` and decays linearly to ``min_lr``
+            over the last ``decay_fraction`` of the steps; ``constant`` holds ``lr``.
+        decay_fraction: the share of ``max_steps`` that ``wsd`` spends decaying.
         weight_decay: applied to weight matrices only (not norms, biases, embeddings).
         betas: AdamW betas.
         eps: AdamW epsilon.
@@ -28,6 +33,8 @@ class OptimConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    decay_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -38,6 +45,10 @@ class OptimConfig:
             )
         if self.warmup_steps < 0:
             raise ValueError(f"model.optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ValueError(
+                f"model.optim.decay_fraction must be in (0, 1], got {self.decay_fraction}"
+            )
         self.betas = tuple(self.betas)
 
 
@@ -59,6 +70,21 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def learning_rate_factor(step: int, config: OptimConfig, max_steps: int) -> float:
+    """The schedule's multiplier of ``config.lr`` at ``step`` (see ``OptimConfig.schedule``)."""
+    min_ratio = config.min_lr / config.lr
+    if config.schedule == "cosine" or step < config.warmup_steps:
+        return warmup_cosine(step, config.warmup_steps, max_steps, min_ratio)
+    if config.schedule == "constant":
+        return 1.0
+    decay_steps = max(1, round(config.decay_fraction * max_steps))
+    decay_start = max(config.warmup_steps, max_steps - decay_steps)
+    if step < decay_start:
+        return 1.0
+    progress = min(1.0, (step - decay_start) / max(1, max_steps - decay_start))
+    return 1.0 - (1.0 - min_ratio) * progress
 
 
 def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_ratio: float) -> float:
@@ -98,9 +124,7 @@ def build_optimizer(
         fused=True if fused else None,
         foreach=None if fused else True,
     )
-    min_ratio = config.min_lr / config.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: warmup_cosine(step, config.warmup_steps, max_steps, min_ratio),
+        optimizer, lambda step: learning_rate_factor(step, config, max_steps)
     )
     return optimizer, scheduler

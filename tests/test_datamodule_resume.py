@@ -21,7 +21,8 @@ import yaml
 
 from jreg_lightning.data.batch_log import read_batch_log, sequence_fingerprints
 from tests.conftest import TINY_LLAMA
-from tests.test_prepare import prepare_small, write_corpus
+from tests.corpora import write_corpus
+from tests.test_prepare import prepare_small
 
 REPO = Path(__file__).resolve().parents[1]
 STOP = 5

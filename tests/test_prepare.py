@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -12,25 +11,7 @@ from tokenizers import Tokenizer
 from jreg_lightning.data.prepare import prepare
 from jreg_lightning.data.shard_meta import chunk_tokens, read_index, token_dtype
 from jreg_lightning.data.sources import read_documents, scan_inputs
-
-SENTENCE = (
-    "the model reads a sentence and predicts the next word from what came before it "
-    "each layer turns the hidden state a little while the last one turns it sharply"
-)
-WORDS = SENTENCE.split(" ")
-
-
-def write_corpus(path: Path, documents: int = 60, seed: int = 0, words=(20, 60)) -> list[str]:
-    """A JSONL file of pseudo-English documents ``{"id", "text"}``; returns the texts."""
-    rng = random.Random(seed)
-    texts = [
-        " ".join(rng.choice(WORDS) for _ in range(rng.randint(*words))) for _ in range(documents)
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        for index, text in enumerate(texts):
-            handle.write(json.dumps({"id": index, "text": text}) + "\n")
-    return texts
+from tests.corpora import documents_of, split_tokens, write_corpus
 
 
 def prepare_small(corpus: Path, out: Path, **kwargs) -> dict:
@@ -62,13 +43,6 @@ def _expected_tokens(tokenizer: Tokenizer, texts: list[str], eos: int) -> list[i
     return out
 
 
-def _split_tokens(folder: Path) -> list[int]:
-    from litdata import StreamingDataset, TokensLoader
-
-    dataset = StreamingDataset(str(folder), item_loader=TokensLoader(block_size=1), shuffle=False)
-    return [int(dataset[i][0]) for i in range(len(dataset))]
-
-
 def test_prepare_writes_shards_tokenizer_and_meta(prepared):
     root, texts, meta = prepared
     out = root / "out"
@@ -86,17 +60,19 @@ def test_prepare_writes_shards_tokenizer_and_meta(prepared):
     tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
     eos = meta["eos_id"]
     assert tokenizer.id_to_token(eos) == "<|endoftext|>"
-    val_tokens = _split_tokens(out / "val")
-    train_tokens = _split_tokens(out / "train")
+    val_tokens = split_tokens(out / "val")
+    train_tokens = split_tokens(out / "train")
     assert len(val_tokens) == meta["splits"]["val"]["tokens"]
     assert len(train_tokens) == meta["splits"]["train"]["tokens"]
     assert val_tokens.count(eos) == 6 and train_tokens.count(eos) == 54
     scan = scan_inputs([root / "corpus" / "docs.jsonl"])
     val_ids = [i for i in range(60) if i not in _train_ids(scan)]
     assert val_tokens == _expected_tokens(tokenizer, [texts[i] for i in val_ids], eos)
-    assert train_tokens == _expected_tokens(
-        tokenizer, [t for i, t in enumerate(texts) if i not in val_ids], eos
-    )
+    # Training documents are mixed before packing: the same documents, in another order.
+    train_texts = [t for i, t in enumerate(texts) if i not in val_ids]
+    written = documents_of(train_tokens, eos)
+    expected = documents_of(_expected_tokens(tokenizer, train_texts, eos), eos)
+    assert sorted(written) == sorted(expected) and written != expected
 
 
 def _train_ids(scan) -> set[int]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from jreg_lightning.data.prepare import prepare
-from tests.test_prepare import write_corpus
+from tests.corpora import write_corpus
 
 
 def _refused(tmp_path: Path, error, match: str, **kwargs) -> str:
@@ -32,7 +32,9 @@ def test_empty_input(tmp_path):
         inputs=[str(tmp_path / "empty.jsonl")],
     )
     (tmp_path / "folder").mkdir()
-    _refused(tmp_path, ValueError, r"inputs: no \.txt, \.jsonl", inputs=[str(tmp_path / "folder")])
+    _refused(
+        tmp_path, ValueError, r"inputs: no supported file found", inputs=[str(tmp_path / "folder")]
+    )
     _refused(tmp_path, ValueError, r"inputs: no input given", inputs=[])
 
 

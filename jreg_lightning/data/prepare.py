@@ -23,6 +23,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -37,43 +38,173 @@ from jreg_lightning.data.shard_meta import (
     usable_tokens,
     write_meta,
 )
-from jreg_lightning.data.sources import DocumentRange, read_documents, scan_inputs
+from jreg_lightning.data.sources import (
+    DocumentRange,
+    bpe_sample_documents,
+    read_documents,
+    scan_inputs,
+)
 from jreg_lightning.data.tokenizer import (
     EOS_TOKEN,
+    TOKENIZER_FILE,
+    encode_texts,
     eos_token_id,
     load_tokenizer,
     train_byte_level_bpe,
 )
 
-TOKENIZER_FILE = "tokenizer.json"
 _TOKENIZERS: dict[str, object] = {}
+COUNTS_FOLDER = ".token_counts"
+TARGET_CHUNKS = 64
+MIN_CHUNK_BLOCKS = 8
+MAX_CHUNK_BLOCKS = 1024
+CHARACTERS_PER_TOKEN = 5.0
+# Training documents per work item: small enough for many items per worker,
+# large enough that an item's shuffle mixes documents from many places.
+DOCUMENTS_PER_ITEM = 256
+# Documents encoded per call of the Rust tokenizer inside a worker.
+_ENCODE_BATCH = 64
 
 
-def _tokenize_range(
+@dataclass(frozen=True)
+class WorkItem:
+    """What one worker call tokenizes: ranges of documents, mixed in a seeded order.
+
+    Attributes:
+        ranges: the document ranges, read one after another.
+        seed: seeds the shuffle buffer (``None``: documents keep their order).
+    """
+
+    ranges: tuple[DocumentRange, ...]
+    seed: int | None
+
+
+def work_items(
+    ranges: Sequence[DocumentRange], seed: int | None, documents_per_item: int
+) -> list[WorkItem]:
+    """Ranges grouped into work items; with a ``seed``, in a seeded random order.
+
+    Shuffling whole ranges and then the documents inside each item (see
+    ``_mixed_documents``) spreads neighbouring files over the shards, so that
+    a chunk, and so a batch, is a sample of the whole corpus.
+    """
+    order = list(range(len(ranges)))
+    if seed is not None:
+        order = [int(i) for i in np.random.default_rng(seed).permutation(len(ranges))]
+    items, current, count = [], [], 0
+    for index in order:
+        current.append(ranges[index])
+        count += ranges[index].num_documents
+        if count >= documents_per_item:
+            items.append(current)
+            current, count = [], 0
+    if current:
+        items.append(current)
+    return [
+        WorkItem(tuple(group), None if seed is None else seed * 1_000_003 + position)
+        for position, group in enumerate(items)
+    ]
+
+
+def _mixed_documents(item: WorkItem, buffer_size: int) -> Iterator[str]:
+    """The item's documents through a seeded shuffle buffer of ``buffer_size`` documents.
+
+    An item smaller than the buffer comes out fully shuffled; a larger one (a big
+    compressed file is one range) is shuffled within a window, in bounded memory.
+    """
+    documents = (text for rng in item.ranges for _, text in read_documents(rng))
+    if item.seed is None:
+        yield from documents
+        return
+    generator = np.random.default_rng(item.seed)
+    buffer: list[str] = []
+    for text in documents:
+        if len(buffer) < buffer_size:
+            buffer.append(text)
+            continue
+        slot = int(generator.integers(len(buffer)))
+        yield buffer[slot]
+        buffer[slot] = text
+    generator.shuffle(buffer)
+    yield from buffer
+
+
+def _tokenize_item(
     position: int,
-    ranges: Sequence[DocumentRange],
+    items: Sequence[WorkItem],
     tokenizer_path: str,
     eos_id: int,
     block: int,
     dtype: str,
+    counts_dir: str,
+    buffer_size: int,
 ) -> Iterator:
-    """Worker: the tokens of one range, EOS after each document, in pieces of ``block``."""
+    """Worker: the tokens of one work item, EOS after each document, in pieces of ``block``.
+
+    Counts what it encodes (documents, tokens, EOS) into ``counts_dir`` so that
+    the main process can check that every token reached the shards.
+    """
     import torch
-    from tokenizers import Tokenizer
 
     tokenizer = _TOKENIZERS.get(tokenizer_path)
     if tokenizer is None:
-        tokenizer = _TOKENIZERS[tokenizer_path] = Tokenizer.from_file(tokenizer_path)
-    texts = [text for _, text in read_documents(ranges[position])]
-    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
-    pieces = []
+        tokenizer = _TOKENIZERS[tokenizer_path] = load_tokenizer(tokenizer_path)[0]
     eos = np.array([eos_id], dtype=dtype)
-    for encoding in encodings:
-        pieces.append(np.asarray(encoding.ids, dtype=dtype))
-        pieces.append(eos)
-    tokens = np.concatenate(pieces)
-    for start in range(0, len(tokens), block):
-        yield torch.from_numpy(tokens[start : start + block].copy())
+    pending = np.zeros(0, dtype=dtype)
+    documents = encoded = 0
+
+    def encode(texts: list[str]) -> np.ndarray:
+        nonlocal documents, encoded
+        pieces = []
+        for ids in encode_texts(tokenizer, texts):
+            pieces.append(np.asarray(ids, dtype=dtype))
+            pieces.append(eos)
+            encoded += len(ids)
+        documents += len(texts)
+        return np.concatenate(pieces)
+
+    texts: list[str] = []
+    for text in _mixed_documents(items[position], buffer_size):
+        texts.append(text)
+        if len(texts) < _ENCODE_BATCH:
+            continue
+        pending = np.concatenate([pending, encode(texts)])
+        texts = []
+        whole = len(pending) - len(pending) % block
+        for start in range(0, whole, block):
+            yield torch.from_numpy(pending[start : start + block].copy())
+        pending = pending[whole:]
+    if texts:
+        pending = np.concatenate([pending, encode(texts)])
+    for start in range(0, len(pending), block):
+        yield torch.from_numpy(pending[start : start + block].copy())
+    record = {"documents": documents, "document_tokens": encoded, "eos_tokens": documents}
+    (Path(counts_dir) / f"{position}.json").write_text(json.dumps(record))
+
+
+def _summed_counts(counts_dir: Path, expected_items: int) -> dict[str, int]:
+    files = sorted(counts_dir.glob("*.json"))
+    if len(files) != expected_items:
+        raise RuntimeError(
+            f"prepare: {len(files)} of {expected_items} work items reported their token counts; "
+            "a worker failed: rerun prepare (nothing was written to output_dir)"
+        )
+    total = {"documents": 0, "document_tokens": 0, "eos_tokens": 0}
+    for file in files:
+        for key, value in json.loads(file.read_text()).items():
+            total[key] += value
+    return total
+
+
+def check_token_count(split: str, counted: dict[str, int], written: int) -> None:
+    """Refuse shards that do not hold exactly the encoded tokens plus one EOS per document."""
+    expected = counted["document_tokens"] + counted["eos_tokens"]
+    if written != expected:
+        raise RuntimeError(
+            f"prepare: {split}: the shards hold {written:,} tokens but {expected:,} were encoded "
+            f"({counted['document_tokens']:,} + {counted['eos_tokens']:,} EOS); tokens were "
+            "lost or added: nothing was written to output_dir, report this with the command"
+        )
 
 
 def _held_out(
@@ -133,7 +264,7 @@ def _swap_into_place(built: Path, output: Path, old: Path) -> None:
 
 def _write_split(
     name: str,
-    ranges: list[DocumentRange],
+    items: list[WorkItem],
     folder: Path,
     tokenizer_path: Path,
     eos_id: int,
@@ -141,36 +272,57 @@ def _write_split(
     chunk_blocks: int,
     dtype: str,
     num_workers: int,
-) -> None:
+    buffer_size: int,
+) -> dict[str, int]:
+    """Tokenize ``items`` into ``folder``; returns the workers' summed counts."""
     from litdata import TokensLoader, optimize
 
+    counts_dir = folder.parent / COUNTS_FOLDER / name
+    counts_dir.mkdir(parents=True)
     # fork: a spawned worker re-imports torch and this package (a minute on a busy
     # 2-core machine, against well under a second); the workers only read files
     # and run the Rust tokenizer. Its thread pool must not be inherited mid-use.
     start_method = "fork" if sys.platform == "linux" else "spawn"
     if start_method == "fork":
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    print(f"prepare: tokenizing {name} ({len(ranges)} work items, {num_workers} worker(s))")
+    print(f"prepare: tokenizing {name} ({len(items)} work items, {num_workers} worker(s))")
     optimize(
         fn=partial(
-            _tokenize_range,
-            ranges=ranges,
+            _tokenize_item,
+            items=items,
             tokenizer_path=str(tokenizer_path),
             eos_id=eos_id,
             block=block,
             dtype=dtype,
+            counts_dir=str(counts_dir),
+            buffer_size=buffer_size,
         ),
-        inputs=list(range(len(ranges))),
+        inputs=list(range(len(items))),
         output_dir=str(folder),
         chunk_size=chunk_blocks * block,
         item_loader=TokensLoader(),
-        num_workers=max(1, min(num_workers, len(ranges))),
+        num_workers=max(1, min(num_workers, len(items))),
         reorder_files=False,
         # Static, ordered slices per worker: the same input gives the same shards.
         keep_data_ordered=True,
         start_method=start_method,
-        verbose=True,
+        verbose=False,
     )
+    counted = _summed_counts(counts_dir, len(items))
+    shutil.rmtree(counts_dir.parent)
+    return counted
+
+
+def auto_chunk_blocks(characters: int, block: int) -> int:
+    """Blocks per chunk so that a corpus of ``characters`` gives about ``TARGET_CHUNKS`` chunks.
+
+    litdata serves a batch from one chunk, so a small corpus needs many small
+    chunks to mix; a large one gets chunks of ``MAX_CHUNK_BLOCKS`` blocks.
+    The token count is estimated at ``CHARACTERS_PER_TOKEN`` (low, so the
+    estimate errs towards more chunks).
+    """
+    estimated_blocks = characters / CHARACTERS_PER_TOKEN / block
+    return int(min(MAX_CHUNK_BLOCKS, max(MIN_CHUNK_BLOCKS, estimated_blocks // TARGET_CHUNKS)))
 
 
 def prepare_command(arguments: dict) -> str:
@@ -196,7 +348,10 @@ def prepare(
     val_fraction: float = 0.01,
     val_documents: int | None = None,
     seq_len: int = 256,
-    chunk_blocks: int = 1024,
+    chunk_blocks: int | Literal["auto"] = "auto",
+    shuffle: bool = True,
+    shuffle_buffer: int = 4096,
+    bpe_sample_bytes: int = 512 * 2**20,
     dtype: Literal["auto", "uint16", "int32"] = "auto",
     num_workers: int | None = None,
     seed: int = 42,
@@ -205,24 +360,32 @@ def prepare(
     """Tokenize local text into litdata shards (``train/``, ``val/``) plus ``meta.json``.
 
     Args:
-        inputs: one path or a list ``[a,b]`` of files or folders of .txt (one
-            document per file), .jsonl (one document per line), .parquet (one
-            per row), or a ``datasets`` ``save_to_disk`` folder.
+        inputs: one path, a glob (``'corpus/*.jsonl.zst'``) or a list ``[a,b]`` of
+            files or folders of .txt (one document per file), .jsonl / .json
+            (one document per line), .parquet (one per row), each of the text
+            formats also compressed (.gz, .zst), or a ``datasets`` ``save_to_disk`` folder.
         output_dir: where the shards go; refused if it holds data, unless ``overwrite``.
         text_field: JSONL field or Parquet / ``datasets`` column holding the text.
-        tokenizer: a ``tokenizer.json`` or a local HF tokenizer folder; if
-            omitted, a byte-level BPE of ``vocab_size`` is trained on the
+        tokenizer: a ``tokenizer.json``, a local HF tokenizer folder or a sentencepiece
+            folder; if omitted, a byte-level BPE of ``vocab_size`` is trained on the
             training documents. Either way it is saved as ``output_dir/tokenizer.json``.
+            Truncation, padding and post-processor special tokens are never applied.
         vocab_size: size of the BPE to train (ignored when ``tokenizer`` is given).
         eos_token: the token appended after each document (default: the
             tokenizer's own EOS, else ``<|endoftext|>``, ``</s>``, ...).
         val_fraction: share of documents held out for validation.
         val_documents: exact number of validation documents (overrides ``val_fraction``).
         seq_len: training sequence length the shards are packed for (blocks of ``seq_len + 1``).
-        chunk_blocks: blocks per chunk file (less than one block per chunk is lost).
+        chunk_blocks: blocks per chunk file; ``auto`` aims at ~64 chunks for a small
+            corpus (litdata draws a batch from one chunk) and 1024 blocks for a large one.
+        shuffle: mix the training documents before packing (seeded by ``seed``), so
+            that neighbouring files do not fill one chunk; validation keeps its order.
+        shuffle_buffer: documents a worker mixes at once (memory bound per worker).
+        bpe_sample_bytes: at most this many bytes of training text train the BPE
+            (every n-th document), so training a tokenizer on a huge corpus stays bounded.
         dtype: token dtype on disk; ``auto`` picks uint16 when the vocabulary fits.
         num_workers: tokenizer processes (default: all CPU cores).
-        seed: seed of the validation hold-out.
+        seed: seed of the validation hold-out and of the shuffle.
         overwrite: replace an existing ``output_dir``.
 
     Returns:
@@ -234,8 +397,12 @@ def prepare(
     output = Path(output_dir).absolute()
     if seq_len < 1:
         raise ValueError(f"seq_len: {seq_len} is below 1; pass a positive --seq_len")
-    if chunk_blocks < 1:
-        raise ValueError(f"chunk_blocks: {chunk_blocks} is below 1; pass a positive --chunk_blocks")
+    if chunk_blocks != "auto" and (not isinstance(chunk_blocks, int) or chunk_blocks < 1):
+        raise ValueError(
+            f"chunk_blocks: {chunk_blocks} is not a positive number; pass e.g. 1024 or auto"
+        )
+    if shuffle_buffer < 1:
+        raise ValueError(f"shuffle_buffer: {shuffle_buffer} is below 1; pass e.g. 4096")
     partial_dir = output.parent / f".{output.name}.partial"
     old_dir = output.parent / f".{output.name}.old"
     _recover_interrupted_swap(output, old_dir)
@@ -249,7 +416,7 @@ def prepare(
         vocab = vocab_size
     dtype_name = token_dtype(vocab, dtype)
 
-    scan = scan_inputs(inputs, text_field=text_field, documents_per_range=128)
+    scan = scan_inputs(inputs, text_field=text_field, documents_per_range=256)
     val_set = _held_out(scan.num_documents, val_fraction, val_documents, seed)
     splits = {
         "train": [r for r in (rng.select(val_set, inside=False) for rng in scan.ranges) if r],
@@ -265,14 +432,16 @@ def prepare(
         shutil.rmtree(partial_dir)
     partial_dir.mkdir(parents=True)
     tokenizer_path = partial_dir / TOKENIZER_FILE
+    bpe_sample = None
     if loaded is not None:
         tok, configured_eos = loaded
         eos_id = eos_token_id(tok, eos_token or configured_eos)
         tokenizer_source = str(Path(tokenizer).absolute())
     else:
         print(f"prepare: training a byte-level BPE of {vocab_size} tokens on the training split")
-        texts = (text for rng in splits["train"] for _, text in read_documents(rng))
-        tok = train_byte_level_bpe(texts, vocab_size)
+        sample = bpe_sample_documents(splits["train"], scan.characters, bpe_sample_bytes)
+        tok = train_byte_level_bpe(sample, vocab_size)
+        bpe_sample = {"max_bytes": bpe_sample_bytes, **sample.taken}
         eos_id = eos_token_id(tok, eos_token or EOS_TOKEN)
         tokenizer_source = f"trained: byte-level BPE, vocab {vocab_size}"
         vocab = tok.get_vocab_size(with_added_tokens=True)
@@ -280,25 +449,42 @@ def prepare(
     tok.save(str(tokenizer_path))
 
     block = seq_len + 1
+    train_share = documents["train"] / scan.num_documents
+    blocks_per_chunk = (
+        auto_chunk_blocks(int(scan.characters * train_share), block)
+        if chunk_blocks == "auto"
+        else chunk_blocks
+    )
     workers = num_workers or os.cpu_count() or 1
+    shuffle_seed = seed if shuffle else None
     split_meta = {}
     for name, ranges in splits.items():
-        _write_split(
+        items = work_items(ranges, shuffle_seed if name == "train" else None, DOCUMENTS_PER_ITEM)
+        counted = _write_split(
             name,
-            ranges,
+            items,
             partial_dir / name,
             tokenizer_path,
             eos_id,
             block,
-            chunk_blocks,
+            blocks_per_chunk,
             dtype_name,
             workers,
+            shuffle_buffer,
         )
         per_chunk = chunk_tokens(read_index(partial_dir / name))
         tokens = sum(per_chunk)
+        check_token_count(name, counted, tokens)
+        if counted["documents"] != documents[name]:
+            raise RuntimeError(
+                f"prepare: {name}: {counted['documents']} documents were tokenized but "
+                f"{documents[name]} were found; nothing was written to output_dir"
+            )
         usable = usable_tokens(per_chunk, block)
         split_meta[name] = {
             "documents": documents[name],
+            "document_tokens": counted["document_tokens"],
+            "eos_tokens": counted["eos_tokens"],
             "tokens": tokens,
             "usable_tokens": usable,
             "chunks": len(per_chunk),
@@ -311,12 +497,16 @@ def prepare(
         "tokenizer_source": tokenizer_source,
         "vocab_size": vocab,
         "eos_id": eos_id,
+        "add_special_tokens": False,
         "dtype": dtype_name,
         "seq_len": seq_len,
-        "chunk_blocks": chunk_blocks,
+        "chunk_blocks": blocks_per_chunk,
         "splits": split_meta,
         "empty_documents_skipped": scan.empty_documents,
         "val_seed": seed,
+        "shuffle_seed": shuffle_seed,
+        "shuffle_buffer": shuffle_buffer,
+        "bpe_sample": bpe_sample,
         "inputs": [str(Path(p).absolute()) for p in inputs],
         "text_field": text_field,
         "command": command,
@@ -327,11 +517,13 @@ def prepare(
     _swap_into_place(partial_dir, output, old_dir)
 
     total = sum(s["tokens"] for s in split_meta.values())
+    print(f"prepare: {blocks_per_chunk} blocks of {block} tokens per chunk")
     for name, info in split_meta.items():
         lost = info["tokens"] - info["usable_tokens"]
         print(
-            f"prepare: {name}: {info['documents']} documents, {info['tokens']:,} tokens written, "
-            f"{info['usable_tokens']:,} usable as blocks of {block} "
+            f"prepare: {name}: {info['documents']} documents, {info['tokens']:,} tokens written "
+            f"= {info['document_tokens']:,} encoded + {info['eos_tokens']:,} EOS (checked), "
+            f"{info['chunks']} chunks, {info['usable_tokens']:,} usable as blocks of {block} "
             f"({lost:,} = {100 * lost / max(info['tokens'], 1):.2f}% dropped at chunk ends)"
         )
     print(

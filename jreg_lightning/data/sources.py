@@ -1,4 +1,8 @@
-"""Documents from local files: ``.txt``, ``.jsonl``, ``.parquet`` and ``datasets`` folders.
+"""Documents from local files: .txt, .jsonl/.json, .parquet and ``datasets`` folders.
+
+Text and JSON-lines files may be compressed (``.gz``, ``.zst``, ``.bz2``,
+``.xz``); they are read as streams, never whole into memory. Inputs may be
+files, folders (searched recursively) or globs.
 
 ``scan_inputs`` reads every input once in the main process: it checks that each
 file is readable and valid (UTF-8, the JSONL field / Parquet column exists)
@@ -14,16 +18,110 @@ or only whitespace are skipped and counted.
 
 from __future__ import annotations
 
+import bz2
+import glob
+import gzip
+import io
 import json
+import lzma
+import math
 import os
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 TEXT_SUFFIXES = (".txt",)
-JSONL_SUFFIXES = (".jsonl",)
+JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
+COMPRESSED_SUFFIXES = (".gz", ".zst", ".bz2", ".xz")
+# A plain JSON-lines file larger than this is read as several ranges, in parallel.
+RANGE_BYTES = 64 * 2**20
+SUPPORTED = ".txt, .jsonl, .json (JSON lines), .parquet, each text format also as .gz/.zst/.bz2/.xz"
+
+
+def _compression(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    return suffix if suffix in COMPRESSED_SUFFIXES else None
+
+
+def _format_suffix(path: Path) -> str:
+    """``.jsonl`` for ``a.jsonl.zst``: the suffix under any compression suffix."""
+    return Path(path.stem).suffix.lower() if _compression(path) else path.suffix.lower()
+
+
+@contextmanager
+def open_binary(path: Path) -> Iterator[BinaryIO]:
+    """The file's bytes, decompressed as a stream by its suffix (plain files as they are)."""
+    compression = _compression(path)
+    if compression is None:
+        with open(path, "rb") as handle:
+            yield handle
+    elif compression == ".gz":
+        with gzip.open(path, "rb") as handle:
+            yield handle
+    elif compression == ".bz2":
+        with bz2.open(path, "rb") as handle:
+            yield handle
+    elif compression == ".xz":
+        with lzma.open(path, "rb") as handle:
+            yield handle
+    else:
+        with open(path, "rb") as raw, io.BufferedReader(_ZstdReader(raw)) as handle:
+            yield handle
+
+
+class _ZstdReader(io.RawIOBase):
+    """Streaming zstd decompression that, unlike ``stream_reader``, fails on a truncated frame."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        import zstandard
+
+        self._zstd = zstandard
+        self._raw = raw
+        self._decoder = zstandard.ZstdDecompressor().decompressobj()
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            compressed = self._raw.read(1 << 20)
+            if not compressed:
+                if not self._decoder.eof:
+                    raise EOFError("the zstd stream ends inside a frame")
+                return 0
+            while compressed:
+                if self._decoder.eof:  # a new frame follows the finished one
+                    self._decoder = self._zstd.ZstdDecompressor().decompressobj()
+                self._pending += self._decoder.decompress(compressed)
+                compressed = self._decoder.unused_data if self._decoder.eof else b""
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn a decompression failure into one line that names the file."""
+    try:
+        yield
+    except (EOFError, OSError, lzma.LZMAError, gzip.BadGzipFile) as error:
+        raise ValueError(
+            f"inputs: {path} is corrupt or truncated ({type(error).__name__}: {error}); "
+            "re-download or re-compress it, or leave it out"
+        ) from None
+    except Exception as error:
+        if type(error).__module__.startswith("zstandard") or "Zstd" in type(error).__name__:
+            raise ValueError(
+                f"inputs: {path} is corrupt or truncated (zstd: {error}); "
+                "re-download or re-compress it, or leave it out"
+            ) from None
+        raise
 
 
 @dataclass(frozen=True)
@@ -83,6 +181,7 @@ class ScanResult:
     ranges: list[DocumentRange] = field(default_factory=list)
     num_documents: int = 0
     empty_documents: int = 0
+    characters: int = 0
     files: list[str] = field(default_factory=list)
 
 
@@ -95,19 +194,32 @@ def _is_datasets_folder(path: Path) -> bool:
 def _source_files(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
     """Every readable input as ``(path, kind)``, folders expanded in sorted order."""
     found: list[tuple[Path, str]] = []
+    expanded: list[Path] = []
     for entry in inputs:
-        path = Path(entry)
+        if glob.has_magic(str(entry)):
+            matches = sorted(glob.glob(str(entry), recursive=True))
+            if not matches:
+                raise FileNotFoundError(
+                    f"inputs: the pattern {entry} matches no file; check the path "
+                    "(quote the pattern so that the shell does not expand it)"
+                )
+            expanded.extend(Path(match) for match in matches)
+        else:
+            expanded.append(Path(entry))
+    for path in expanded:
         if not path.exists():
             raise FileNotFoundError(
-                f"inputs: {path} does not exist; pass existing files or folders of "
-                ".txt/.jsonl/.parquet or a datasets save_to_disk folder"
+                f"inputs: {path} does not exist; pass existing files, folders or globs of "
+                f"{SUPPORTED}, or a datasets save_to_disk folder"
             )
         if _is_datasets_folder(path):
             found.append((path, "datasets"))
             continue
         candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in candidates:
-            suffix = file.suffix.lower()
+            suffix = _format_suffix(file)
+            if suffix in PARQUET_SUFFIXES and _compression(file):
+                suffix = file.suffix.lower()  # a compressed parquet file is not supported
             if suffix in TEXT_SUFFIXES:
                 found.append((file, "txt"))
             elif suffix in JSONL_SUFFIXES:
@@ -116,8 +228,8 @@ def _source_files(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
                 found.append((file, "parquet"))
             elif not path.is_dir():
                 raise ValueError(
-                    f"inputs: {file} has an unsupported suffix {suffix!r}; "
-                    "use .txt, .jsonl or .parquet files or a datasets save_to_disk folder"
+                    f"inputs: {file} has an unsupported suffix {''.join(file.suffixes)!r}; "
+                    f"use {SUPPORTED}, or a datasets save_to_disk folder"
                 )
     return found
 
@@ -209,10 +321,12 @@ def _documents(rng: DocumentRange) -> Iterator[str | None]:
     """Every record of a range, ``None`` for records that are not documents (blank lines)."""
     path = Path(rng.path)
     if rng.kind == "txt":
-        yield _utf8(path.read_bytes(), path, "")
+        with _reading(path), open_binary(path) as handle:
+            yield _utf8(handle.read(), path, "")
     elif rng.kind == "jsonl":
-        with open(path, "rb") as handle:
-            handle.seek(rng.position)
+        with _reading(path), open_binary(path) as handle:
+            if rng.position:  # only plain files are split into ranges by byte offset
+                handle.seek(rng.position)
             for _ in range(rng.length):
                 yield _jsonl_text(handle.readline(), path, 0, rng.field or "text")
     elif rng.kind == "parquet":
@@ -248,7 +362,8 @@ def scan_inputs(
         inputs: files or folders (searched recursively for .txt/.jsonl/.parquet)
             or ``datasets`` ``save_to_disk`` folders.
         text_field: JSONL field / Parquet or ``datasets`` column with the text.
-        documents_per_range: records per work item (jsonl, datasets).
+        documents_per_range: records per range of a ``datasets`` folder (JSON-lines
+            files are split every ``RANGE_BYTES``, compressed ones not at all).
     """
     if not inputs:
         raise ValueError("inputs: no input given; pass --inputs with files or folders of text")
@@ -256,8 +371,8 @@ def scan_inputs(
     sources = _source_files(inputs)
     if not sources:
         raise ValueError(
-            f"inputs: no .txt, .jsonl or .parquet file found in {[str(p) for p in inputs]}; "
-            "point --inputs at files or folders holding them"
+            f"inputs: no supported file found in {[str(p) for p in inputs]}; "
+            f"point --inputs at files or folders of {SUPPORTED}"
         )
 
     def add(path: Path, kind: str, position: int, length: int, count: int, empty: int) -> None:
@@ -277,11 +392,17 @@ def scan_inputs(
         if kind != "datasets":
             _open_check(path)
         if kind == "txt":
-            text = _utf8(path.read_bytes(), path, "")
+            with _reading(path), open_binary(path) as handle:
+                text = _utf8(handle.read(), path, "")
             empty = not text.strip()
+            result.characters += len(text)
             add(path, kind, 0, 1, 0 if empty else 1, int(empty))
         elif kind == "jsonl":
-            with open(path, "rb") as handle:
+            # A plain file is split by bytes so that big files are read in parallel; a
+            # compressed one cannot be entered in the middle and stays one range. Files
+            # below RANGE_BYTES are one range either way (the same shards, compressed or not).
+            split = _compression(path) is None and path.stat().st_size > RANGE_BYTES
+            with _reading(path), open_binary(path) as handle:
                 start, lines, count, empty, line_number = 0, 0, 0, 0, 0
                 while True:
                     line = handle.readline()
@@ -292,9 +413,10 @@ def scan_inputs(
                     lines += 1
                     if text is not None and text.strip():
                         count += 1
+                        result.characters += len(text)
                     elif text is not None:
                         empty += 1
-                    if lines == documents_per_range:
+                    if split and handle.tell() - start >= RANGE_BYTES:
                         add(path, kind, start, lines, count, empty)
                         start, lines, count, empty = handle.tell(), 0, 0, 0
                 add(path, kind, start, lines, count, empty)
@@ -302,17 +424,55 @@ def scan_inputs(
             parquet = _parquet_column(path, text_field)
             for group in range(parquet.num_row_groups):
                 values = parquet.read_row_group(group, columns=[text_field]).column(0).to_pylist()
-                count = sum(1 for v in values if isinstance(v, str) and v.strip())
-                add(path, kind, group, len(values), count, len(values) - count)
+                texts = [v for v in values if isinstance(v, str) and v.strip()]
+                result.characters += sum(map(len, texts))
+                add(path, kind, group, len(values), len(texts), len(values) - len(texts))
         else:
             dataset = _load_datasets_folder(path, text_field)
             for start in range(0, len(dataset), documents_per_range):
                 values = dataset[start : start + documents_per_range][text_field]
-                count = sum(1 for v in values if isinstance(v, str) and v.strip())
-                add(path, kind, start, len(values), count, len(values) - count)
+                texts = [v for v in values if isinstance(v, str) and v.strip()]
+                result.characters += sum(map(len, texts))
+                add(path, kind, start, len(values), len(texts), len(values) - len(texts))
     if result.num_documents == 0:
         raise ValueError(
             f"inputs: no non-empty document in {len(result.files)} file(s) "
             f"({result.empty_documents} empty); check --inputs and --text_field"
         )
     return result
+
+
+class BpeSample:
+    """Every n-th training document, at most ``max_bytes`` of text: what trains the BPE.
+
+    Iterable (the tokenizers trainer pulls from it); ``taken`` counts what it gave.
+    """
+
+    def __init__(self, ranges: Sequence[DocumentRange], characters: int, max_bytes: int) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"bpe_sample_bytes: {max_bytes} is below 1; pass e.g. 536870912")
+        self.ranges = ranges
+        self.max_bytes = max_bytes
+        self.every = max(1, math.ceil(characters / max_bytes))
+        self.taken = {"documents": 0, "characters": 0, "every_nth_document": self.every}
+
+    def __iter__(self) -> Iterator[str]:
+        position = 0
+        for rng in self.ranges:
+            for _, text in read_documents(rng):
+                position += 1
+                if (position - 1) % self.every:
+                    continue
+                full = self.taken["characters"] + len(text) > self.max_bytes
+                if full and self.taken["documents"]:
+                    return
+                self.taken["documents"] += 1
+                self.taken["characters"] += len(text)
+                yield text
+
+
+def bpe_sample_documents(
+    ranges: Sequence[DocumentRange], characters: int, max_bytes: int
+) -> BpeSample:
+    """The bounded sample of training documents a BPE is trained on (see ``BpeSample``)."""
+    return BpeSample(ranges, characters, max_bytes)
