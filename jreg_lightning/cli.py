@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from jreg_lightning import preflight
-from jreg_lightning.checkpoint_io import AtomicCheckpointIO
+from jreg_lightning.checkpoints import AtomicCheckpointIO, read_checkpoint_meta
 from jreg_lightning.commands import EXTRA_COMMANDS, run_extra_command
 from jreg_lightning.data.datamodule import TokenShardDataModule
 from jreg_lightning.errors import REPORTED_ERRORS, TRACEBACK_ENV, ConfigError, one_line
@@ -110,7 +110,7 @@ class JregCLI(LightningCLI):
         path = preflight.resolve_checkpoint_path(config.get("ckpt_path"), folders)
         if path is not None:
             preflight.check_checkpoint_shape(
-                preflight.read_checkpoint_hyper_parameters(path), model.llama_config, str(path)
+                read_checkpoint_meta(path).get("hyper_parameters"), model.llama_config, str(path)
             )
 
 

@@ -10,101 +10,16 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from jreg_lightning.checkpoints import load_full_state_dict, read_checkpoint_meta
+from jreg_lightning.checkpoints import load_checkpoint_model
 from jreg_lightning.data.tokenizer import KNOWN_EOS_TOKENS
-from jreg_lightning.init import canonical_name
-from jreg_lightning.model_config import LlamaModelConfig, build_llama
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def read_hyperparameters(checkpoint: str | Path) -> dict:
-    """The module's hyperparameters (``llama``, ``jreg``, ``optim`` plain dicts) of a checkpoint.
-
-    Args:
-        checkpoint: a single-file Lightning ``.ckpt`` or a distributed-checkpoint
-            folder (its ``meta.pt`` holds everything but the tensors).
-    """
-    path = Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint: {path} does not exist; pass a .ckpt file or folder")
-    hparams = read_checkpoint_meta(path, field="checkpoint").get("hyper_parameters")
-    if not hparams or "llama" not in hparams:
-        raise ValueError(
-            f"checkpoint: {checkpoint} has no 'llama' hyperparameters; it was not saved by "
-            "JregLightningModule (export an HF folder from a checkpoint of cli.py fit)"
-        )
-    return hparams
-
-
-def hf_state_dict(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The ``LlamaForCausalLM`` keys of a module state dict.
-
-    Keeps the ``model.`` entries (the module's HF model), drops that prefix and
-    the path segments that compile and activation-checkpoint wrappers add;
-    metric and regularizer state is left out.
-    """
-    result = {}
-    for key, value in module_state.items():
-        if key.startswith("model."):
-            result[canonical_name(key[len("model.") :])] = value
-    if not result:
-        raise ValueError(
-            "checkpoint: no 'model.*' weights found; it was not saved by JregLightningModule"
-        )
-    return result
-
-
-def load_checkpoint_model(checkpoint: str | Path) -> LlamaForCausalLM:
-    """Rebuild the trained ``LlamaForCausalLM`` (float32, CPU, eval mode) from a checkpoint.
-
-    Args:
-        checkpoint: a single-file Lightning ``.ckpt`` or an FSDP2
-            distributed-checkpoint folder of ``cli.py fit``.
-    """
-    path = Path(checkpoint)
-    llama = LlamaModelConfig(**read_hyperparameters(path)["llama"])
-    weights = hf_state_dict(load_full_state_dict(path))
-    head, embedding = weights.get("lm_head.weight"), weights.get("model.embed_tokens.weight")
-    if llama.tie_word_embeddings and head is not None and not torch.equal(head, embedding):
-        # The run was configured tied but trained two tensors (e.g. a meta-device
-        # build whose materialisation broke the sharing): keep what was trained.
-        print(
-            f"checkpoint: {path} has tie_word_embeddings=true but a separate LM head; "
-            "loading it untied so the logits stay those of the trained model"
-        )
-        llama = replace(llama, tie_word_embeddings=False)
-    with torch.device("meta"):  # no random init of weights that are overwritten anyway
-        model = build_llama(llama)
-    expected = set(model.state_dict())
-    if llama.tie_word_embeddings:
-        # One tensor under two names: a checkpoint may hold either or both.
-        weights.pop("lm_head.weight", None)
-        expected.discard("lm_head.weight")
-    missing = sorted(expected - set(weights))
-    unexpected = sorted(set(weights) - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint: {path} does not match its own llama config "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); was it saved by this project?"
-        )
-    model.load_state_dict(
-        {k: v.to(torch.float32) for k, v in weights.items()},
-        strict=not llama.tie_word_embeddings,
-        assign=True,
-    )
-    model.tie_weights()
-    # The rotary inv_freq buffer is computed, not saved: build that module for real.
-    with torch.device("cpu"):
-        model.model.rotary_emb = type(model.model.rotary_emb)(model.config)
-    return model.eval()
 
 
 def tokenizer_from_meta(data_dir: str | Path) -> tuple[Path, int | None]:

@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from jreg_lightning.checkpoints import accept_uncompiled_keys
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CompileScope = Literal["auto", "loss", "blocks"]
 COMPILE_SCOPES = ("auto", "loss", "blocks")
@@ -110,7 +112,7 @@ def parallelize_llama(model: nn.Module, config: ParallelConfig, mesh=None) -> nn
         #    graph reused by every block, recompute included, and forward hooks on a
         #    block (the JREG pre-norm capture) stay outside the compiled region.
         if config.compile_target(sharded=mesh is not None) == "blocks":
-            block = torch.compile(block)
+            block = accept_uncompiled_keys(torch.compile(block))
         layers[index] = block
 
     if mesh is None:

@@ -156,10 +156,3 @@ def check_checkpoint_shape(
             f"ckpt_path: {source} was trained with another model shape: model.llama "
             f"{', '.join(differing)}; set model.llama to the checkpoint's values or start a new run"
         )
-
-
-def read_checkpoint_hyper_parameters(path: Path) -> Mapping | None:
-    """The ``hyper_parameters`` of a checkpoint (file or folder), read without loading tensors."""
-    from jreg_lightning.checkpoints import read_checkpoint_meta
-
-    return read_checkpoint_meta(path).get("hyper_parameters")

@@ -10,8 +10,9 @@ from safetensors import safe_open
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from jreg_lightning.checkpoints import load_checkpoint_model
 from jreg_lightning.data.tokenizer import EOS_TOKEN as EOS
-from jreg_lightning.export import export, load_checkpoint_model
+from jreg_lightning.export import export
 from jreg_lightning.module import JregLightningModule
 from tests.conftest import TINY_LLAMA
 from tests.exported_model import write_checkpoint, write_module_checkpoint, write_tokenizer

@@ -13,7 +13,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from jreg_lightning.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
+from jreg_lightning.checkpoints import AtomicCheckpointIO, atomic_torch_save
 from tests.conftest import TINY_LLAMA
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ KILLED_SAVE = """
 import io, os, signal, sys
 import pytest
 import torch
-from jreg_lightning.checkpoint_io import AtomicCheckpointIO
+from jreg_lightning.checkpoints import AtomicCheckpointIO
 
 path = sys.argv[1]
 checkpoint_io = AtomicCheckpointIO()

@@ -50,20 +50,18 @@ def malicious(tmp_path, monkeypatch):
 
 
 def project_loaders():
-    from jreg_lightning import checkpoints, export
+    from jreg_lightning import checkpoints
     from jreg_lightning.analysis import loading
-    from jreg_lightning.checkpoint_io import AtomicCheckpointIO, safe_torch_load
-    from jreg_lightning.preflight import read_checkpoint_hyper_parameters
 
     return {
-        "safe_torch_load": safe_torch_load,
-        "AtomicCheckpointIO.load_checkpoint": AtomicCheckpointIO().load_checkpoint,
-        "preflight.read_checkpoint_hyper_parameters": read_checkpoint_hyper_parameters,
-        "checkpoints.load_full_state_dict": checkpoints.load_full_state_dict,
-        "export.read_hyperparameters": export.read_hyperparameters,
-        "export.load_checkpoint_model": export.load_checkpoint_model,
-        "analysis.read_checkpoint_meta": loading.read_checkpoint_meta,
-        "analysis.load_checkpoint_model": loading.load_checkpoint_model,
+        "safe_torch_load": checkpoints.safe_torch_load,
+        "AtomicCheckpointIO.load_checkpoint": checkpoints.AtomicCheckpointIO().load_checkpoint,
+        "read_checkpoint_meta": checkpoints.read_checkpoint_meta,
+        "read_hyperparameters": checkpoints.read_hyperparameters,
+        "load_full_state_dict": checkpoints.load_full_state_dict,
+        "load_checkpoint_model": checkpoints.load_checkpoint_model,
+        "consolidate": lambda path: checkpoints.consolidate(path, path.with_name("out.ckpt")),
+        "analysis.checkpoint_step": loading.checkpoint_step,
     }
 
 
@@ -72,12 +70,12 @@ def project_loaders():
     [
         "safe_torch_load",
         "AtomicCheckpointIO.load_checkpoint",
-        "preflight.read_checkpoint_hyper_parameters",
-        "checkpoints.load_full_state_dict",
-        "export.read_hyperparameters",
-        "export.load_checkpoint_model",
-        "analysis.read_checkpoint_meta",
-        "analysis.load_checkpoint_model",
+        "read_checkpoint_meta",
+        "read_hyperparameters",
+        "load_full_state_dict",
+        "load_checkpoint_model",
+        "consolidate",
+        "analysis.checkpoint_step",
     ],
 )
 def test_every_checkpoint_loader_refuses_a_pickle_payload(name, malicious):
@@ -111,9 +109,7 @@ def test_cli_refuses_a_pickle_payload_in_lightnings_own_load(
 ):
     path, marker = malicious
     # Skip the preflight read, so that the load Lightning itself makes is the one tested.
-    monkeypatch.setattr(
-        "jreg_lightning.cli.preflight.read_checkpoint_hyper_parameters", lambda path: None
-    )
+    monkeypatch.setattr("jreg_lightning.cli.read_checkpoint_meta", lambda path: {})
     override = fit_override(tmp_path, token_shards)
     argv = [subcommand, "--config", "configs/tiny_jreg.yaml", "--config", str(override)]
     with pytest.raises(SystemExit) as exit_info:
@@ -246,7 +242,7 @@ def test_distributed_checkpoint_metadata_is_checked_before_torch_unpickles_it(tm
 
     import torch.distributed.checkpoint as dcp
 
-    from jreg_lightning.checkpoint_io import check_distributed_checkpoint
+    from jreg_lightning.checkpoints import check_distributed_checkpoint
 
     good = tmp_path / "good.ckpt"
     with warnings.catch_warnings():  # "assuming ... a single process": no process group here

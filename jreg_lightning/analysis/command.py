@@ -9,8 +9,8 @@ import torch
 
 from jreg_lightning.analysis.loading import (
     Source,
+    checkpoint_step,
     classify,
-    load_checkpoint_model,
     load_hf_model,
     series_in_order,
 )
@@ -23,6 +23,7 @@ from jreg_lightning.analysis.text import (
     shard_vocab_size,
     text_batches,
 )
+from jreg_lightning.checkpoints import load_checkpoint_model
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -173,13 +174,14 @@ def analyze(
             analysis["models"].append(measure(model, source, source.name, None))
             del model
         elif source.kind == "checkpoint":
-            model, step = load_checkpoint_model(source.path, torch_dtype)
+            model = load_checkpoint_model(source.path, torch_dtype)
+            step = checkpoint_step(source.path)
             analysis["models"].append(measure(model, source, source.name, step))
             del model
         else:
             reports = []
             for step, path in series_in_order(source.path):
-                model, _ = load_checkpoint_model(path, torch_dtype)
+                model = load_checkpoint_model(path, torch_dtype)
                 report = measure(model, source, f"{source.name}@{step}", step)
                 report["series"] = source.name
                 reports.append(report)

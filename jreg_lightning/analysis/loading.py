@@ -1,7 +1,8 @@
 """Find and load what ``analyze`` reads: HF model folders, checkpoints, series, run logs.
 
 Local files only: Hugging Face loading uses ``local_files_only=True`` and
-``trust_remote_code=False``; checkpoints are read with ``weights_only=True``.
+``trust_remote_code=False``. Checkpoints are read by ``jreg_lightning.checkpoints``
+(``weights_only=True``, any layout).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from jreg_lightning import checkpoints
+from jreg_lightning.checkpoints import is_distributed_checkpoint, read_checkpoint_meta
 
 SourceKind = Literal["hf", "checkpoint", "series", "run_logs"]
 _CHECKPOINT_SUFFIX = ".ckpt"
@@ -37,8 +38,6 @@ class Source:
 
 
 def _is_checkpoint(path: Path) -> bool:
-    from jreg_lightning.checkpoints import is_distributed_checkpoint
-
     return (path.is_file() and path.suffix == _CHECKPOINT_SUFFIX) or is_distributed_checkpoint(path)
 
 
@@ -83,22 +82,10 @@ def metrics_files(run_dir: Path) -> list[Path]:
     return sorted(run_dir.rglob("metrics.csv"))
 
 
-def read_checkpoint_meta(path: Path) -> dict:
-    """Step counters and hyperparameters of a checkpoint, without its weights in memory.
-
-    Returns:
-        ``{"global_step": int | None, "hyper_parameters": dict}``.
-    """
-    meta = checkpoints.read_checkpoint_meta(path, field="inputs")
-    if "hyper_parameters" not in meta:
-        raise ValueError(
-            f"checkpoint {path} has no hyper_parameters; pass a checkpoint of this project's "
-            "JregLightningModule (or export it to a HF folder)"
-        )
-    return {
-        "global_step": meta.get("global_step"),
-        "hyper_parameters": dict(meta["hyper_parameters"]),
-    }
+def checkpoint_step(path: Path) -> int | None:
+    """The ``global_step`` a checkpoint was saved at (None if it records none)."""
+    step = read_checkpoint_meta(path, field="inputs").get("global_step")
+    return None if step is None else int(step)
 
 
 def series_in_order(folder: Path) -> list[tuple[int, Path]]:
@@ -109,28 +96,12 @@ def series_in_order(folder: Path) -> list[tuple[int, Path]]:
     """
     by_step: dict[int, Path] = {}
     for path in checkpoint_files(folder):
-        step = read_checkpoint_meta(path)["global_step"]
+        step = checkpoint_step(path)
         if step is None:
             raise ValueError(f"checkpoint {path} has no global_step; it cannot be put in a series")
         if step not in by_step or by_step[step].stem.startswith("last"):
-            by_step[int(step)] = path
+            by_step[step] = path
     return sorted(by_step.items())
-
-
-def load_checkpoint_model(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, int]:
-    """The ``LlamaForCausalLM`` of a project checkpoint and its global step.
-
-    The model is rebuilt by ``export.load_checkpoint_model`` (the same weights
-    ``cli.py export`` writes); the weights are read memory-mapped.
-
-    Args:
-        path: a Lightning .ckpt file or an FSDP2 checkpoint folder.
-        dtype: dtype to hold the weights in.
-    """
-    from jreg_lightning.export import load_checkpoint_model as rebuild
-
-    step = read_checkpoint_meta(path)["global_step"]
-    return rebuild(path).to(dtype).eval(), int(step or 0)
 
 
 def load_hf_model(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, bool]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from jreg_lightning.export import load_checkpoint_model, load_tokenizer
+from jreg_lightning.checkpoints import load_checkpoint_model
+from jreg_lightning.export import load_tokenizer
 
 
 @dataclass
