@@ -10,6 +10,7 @@ from jreg_lightning.checkpoints import COMPILE_PREFIX, AtomicCheckpointIO
 from jreg_lightning.data.datamodule import TokenShardDataModule
 from jreg_lightning.module import JregLightningModule
 from tests.conftest import TINY_LLAMA
+from tests.exported_model import write_checkpoint
 
 
 def _module(compile: bool, seed: int = 0) -> JregLightningModule:
@@ -49,28 +50,18 @@ def test_saved_keys_are_plain_and_load_into_either_build(tmp_path):
 
 @pytest.mark.slow
 def test_an_eager_run_resumes_with_compiled_blocks(tmp_path, token_shards):
-    def trainer(steps: int) -> L.Trainer:
-        return L.Trainer(
-            accelerator="cpu",
-            devices=1,
-            max_steps=steps,
-            limit_val_batches=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            plugins=[AtomicCheckpointIO()],
-        )
-
-    def data() -> TokenShardDataModule:
-        return TokenShardDataModule(data_dir=token_shards, seq_len=32, batch_size=4)
-
-    eager_run, path = trainer(1), tmp_path / "eager.ckpt"
-    eager_run.fit(_module(compile=False), datamodule=data())
-    eager_run.save_checkpoint(path)
+    path = write_checkpoint(tmp_path / "eager.ckpt", token_shards, steps=1)
     saved = torch.load(path, weights_only=True)["state_dict"]
     # max_steps is reached at once: the checkpoint is restored (strictly) and no step
     # runs, so nothing is compiled.
     compiled = _module(compile=True, seed=1)
-    trainer(1).fit(compiled, datamodule=data(), ckpt_path=path)
+    resumed = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        default_root_dir=tmp_path,
+        plugins=[AtomicCheckpointIO()],
+    )
+    data = TokenShardDataModule(data_dir=token_shards, seq_len=32, batch_size=4)
+    resumed.fit(compiled, datamodule=data, ckpt_path=path)
     _assert_same_weights(compiled, saved)
