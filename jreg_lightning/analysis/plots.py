@@ -194,3 +194,40 @@ def plot_profile_heatmap(
     fig.colorbar(image, ax=ax, label="Psi_l")
     ax.set_title(title or "Psi per block over training")
     return _save(fig, out_path)
+
+
+def plot_tradeoff(
+    points: Mapping[str, tuple[float, float]],
+    out_path: str | Path,
+    title: str | None = None,
+    xlabel: str = "validation loss",
+    ylabel: str = "J = Psi_L / mean(Psi_2..Psi_{L-1})",
+) -> Path:
+    """One labelled point per run: (x, y), by default validation loss against J.
+
+    Args:
+        points: run name -> (x, y).
+        out_path: PNG file to write.
+        title: figure title.
+        xlabel: what x is.
+        ylabel: what y is.
+
+    Returns:
+        The written path.
+    """
+    _check_series({name: point for name, point in points.items()}, "plot_tradeoff")
+    fig, ax = plt.subplots(figsize=_FIGSIZE)
+    for name, (x, y) in points.items():
+        ax.scatter([float(x)], [float(y)], s=18)
+        ax.annotate(
+            name,
+            (float(x), float(y)),
+            fontsize="x-small",
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "Jump strength against validation loss")
+    ax.grid(alpha=0.3)
+    return _save(fig, out_path)

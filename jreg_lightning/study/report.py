@@ -1,0 +1,388 @@
+"""The study's report, written only from its runs: ``results.md``, ``summary.json``, pictures.
+
+Every number in the report comes from a run's ``result.json`` (the final
+validation of its last checkpoint over the whole validation split) or its
+logged validations (``metrics.csv``); the verdict sentences are rules applied
+to those numbers, so rerunning the study rewrites the report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from datetime import UTC, datetime
+from pathlib import Path
+
+from jreg_lightning.analysis.plots import (
+    plot_early_exit_losses,
+    plot_jump_over_steps,
+    plot_layer_profiles,
+    plot_tradeoff,
+)
+from jreg_lightning.analysis.run_logs import read_logged_series
+from jreg_lightning.data.shard_meta import read_meta
+from jreg_lightning.study.runner import run_dir
+from jreg_lightning.study.spec import StudySpec
+
+SERIES_KEYS = ("steps", "jump_strength", "loss")
+# A baseline "has the jump" when J exceeds this on every seed.
+JUMP_THRESHOLD = 2.0
+METRICS = (
+    "loss",
+    "ppl",
+    "J",
+    "J_late",
+    "argmax",
+    "psi_L",
+    "psi_middle",
+    "early_exit_middle",
+    "spread_std",
+    "spread_max_over_mean",
+)
+
+
+def run_metrics(final: dict) -> dict[str, float]:
+    """The report's numbers of one final validation (see ``validation_report``)."""
+    profile = [float(v) for v in final["profile"]]
+    body = profile[1:]
+    middle = profile[1:-1]
+    mean_body = sum(body) / len(body)
+    early = final.get("early_exit_loss")
+    middle_block = len(profile) // 2
+    return {
+        "loss": float(final["loss"]),
+        "ppl": float(final["ppl"]),
+        "J": float(final["jump_strength"]),
+        "J_late": float(final["jump_strength_late"]),
+        "argmax": int(final["jump_layer"]),
+        "psi_L": profile[-1],
+        "psi_middle": sum(middle) / len(middle),
+        "early_exit_middle": float(early[middle_block - 1]) if early else math.nan,
+        "spread_std": statistics.pstdev(body),
+        "spread_max_over_mean": max(body) / mean_body if mean_body > 0 else math.nan,
+    }
+
+
+def _baseline_stats(metrics: dict[str, dict], names: list[str]) -> dict[str, dict]:
+    """Mean and half-range (the seed spread) of each metric over the baseline seeds."""
+    stats = {}
+    for key in METRICS:
+        values = [metrics[name][key] for name in names]
+        stats[key] = {
+            "mean": sum(values) / len(values),
+            "spread": (max(values) - min(values)) / 2,
+            "values": values,
+        }
+    return stats
+
+
+def _relative(value: float, reference: float) -> float:
+    return (value - reference) / reference if reference else math.nan
+
+
+def _still_learning(series: dict) -> bool:
+    """Validation loss fell between the last two logged validations."""
+    losses = [v for v in series.get("loss", []) if not math.isnan(v)]
+    return len(losses) >= 2 and losses[-1] < losses[-2]
+
+
+def verdict(spec: StudySpec, metrics: dict[str, dict], stats: dict, learning: dict) -> list[str]:
+    """Plain sentences, each from a rule over the numbers (no number typed by hand)."""
+    lines = []
+    base_j = stats["J"]
+    jumps = all(metrics[name]["J"] > JUMP_THRESHOLD for name in spec.baselines)
+    learning_all = all(learning.get(name, False) for name in spec.baselines)
+    j_values = ", ".join(f"{v:.2f}" for v in base_j["values"])
+    lines.append(
+        f"The baseline {'shows' if jumps else 'does not show'} the jump: J = {j_values} on "
+        f"{len(spec.baselines)} seeds (threshold {JUMP_THRESHOLD:g}), and its validation loss "
+        f"{'was still falling' if learning_all else 'had stopped falling'} at the last validation."
+    )
+    loss_spread = stats["loss"]["spread"]
+    j_spread = base_j["spread"] / base_j["mean"] if base_j["mean"] else math.nan
+    within = []
+    for run in spec.runs:
+        if run.is_baseline or run.name not in metrics:
+            continue
+        m = metrics[run.name]
+        change = _relative(m["J"], base_j["mean"])
+        loss_delta = m["loss"] - stats["loss"]["mean"]
+        clear = abs(change) > j_spread
+        cheap = loss_delta <= loss_spread
+        if change < 0 and clear and cheap:
+            within.append((change, run.name))
+        lines.append(
+            f"`{run.name}`: J {change:+.0%} against the baseline mean (seed spread "
+            f"±{j_spread:.0%}: {'a clear change' if clear else 'within the seed noise'}), "
+            f"validation loss {loss_delta:+.4f} (seed spread ±{loss_spread:.4f}: "
+            f"{'no cost beyond the noise' if cheap else 'a cost beyond the noise'})."
+        )
+    if within:
+        change, name = min(within)
+        lines.append(
+            f"Largest clear reduction of J at no loss cost beyond the seed spread: `{name}` "
+            f"({change:+.0%})."
+        )
+    else:
+        lines.append(
+            "No JREG run lowered J beyond the seed spread at a loss cost within the seed spread."
+        )
+    for run in spec.runs:
+        if run.jreg.get("weights") == "final" and run.name in metrics:
+            m = metrics[run.name]
+            late = _relative(m["J_late"], stats["J_late"]["mean"])
+            direct = _relative(m["J"], base_j["mean"])
+            moved = m["argmax"] != round(stats["argmax"]["mean"]) or late > direct + j_spread
+            lines.append(
+                f"`{run.name}` (final block only): J {direct:+.0%}, J_late {late:+.0%}, argmax "
+                f"block {m['argmax']} (baseline {stats['argmax']['mean']:.1f}): "
+                + (
+                    "the jump moved rather than vanished."
+                    if moved
+                    else "the jump did not move to an earlier block."
+                )
+            )
+    if spec.best and spec.best in metrics:
+        m = metrics[spec.best]
+        delta = m["early_exit_middle"] - stats["early_exit_middle"]["mean"]
+        spread = stats["early_exit_middle"]["spread"]
+        lines.append(
+            f"Early exit at the middle block, `{spec.best}` against the baseline: "
+            f"{delta:+.3f} nats (seed spread ±{spread:.3f}); "
+            + (
+                "the middle layers carry more of the prediction."
+                if delta < -spread
+                else "no clear sign that the middle layers contribute more."
+                if delta <= spread
+                else "the middle layers carry less of the prediction."
+            )
+        )
+    return lines
+
+
+def _format(value: float, key: str) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    if key == "argmax":
+        return f"{value:.0f}" if isinstance(value, int) else f"{value:.1f}"
+    if key in ("psi_L", "psi_middle", "spread_std"):
+        return f"{value:.5f}"
+    if key in ("loss", "early_exit_middle"):
+        return f"{value:.4f}"
+    return f"{value:.2f}"
+
+
+def _setup(spec: StudySpec, results: dict[str, dict]) -> dict:
+    import yaml
+
+    base = yaml.safe_load(spec.base.read_text())
+    meta = read_meta(spec.data.data_dir) or {}
+    any_result = next(iter(results.values()))
+    llama = base["model"]["llama"]
+    return {
+        "model": {
+            key: llama.get(key)
+            for key in ("num_layers", "hidden_size", "intermediate_size", "num_heads", "vocab_size")
+        },
+        "optim": base["model"].get("optim", {}),
+        "seq_len": base["data"]["seq_len"],
+        "batch_size": base["data"]["batch_size"],
+        "steps": any_result["steps"],
+        "tokens_per_run": any_result["tokens"],
+        "corpus": spec.data.corpus,
+        "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),
+        "val_tokens": meta.get("splits", {}).get("val", {}).get("tokens"),
+        "seeds": sorted({r["seed"] for r in results.values()}),
+        "fit_seconds": {name: r["fit_seconds"] for name, r in results.items()},
+        "parallel": spec.parallel,
+        "threads_per_run": spec.threads_per_run,
+    }
+
+
+def write_report(spec: StudySpec, results: dict[str, dict], command: str) -> list[Path]:
+    """Write ``results.md``, ``results/summary.json`` and ``results/*.png`` into ``report_dir``.
+
+    ``report_dir`` is e.g. ``docs``: the markdown is ``docs/results.md`` and the
+    pictures and summary go to ``docs/results/``.
+    """
+    finished = [name for name in spec.baselines if name in results]
+    if not finished:
+        raise ValueError(
+            f"study: no baseline run has finished ({spec.baselines}); train them first "
+            f"(python cli.py study --config {spec.path})"
+        )
+    order = [run.name for run in spec.runs if run.name in results]
+    metrics = {name: run_metrics(results[name]["final"]) for name in order}
+    stats = _baseline_stats(metrics, finished)
+    series = {}
+    for name in order:
+        try:
+            series[name] = read_logged_series(run_dir(spec, spec.run(name)), "val")
+        except (FileNotFoundError, ValueError):
+            series[name] = {"steps": [], "jump_strength": [], "loss": []}
+    learning = {name: _still_learning(series[name]) for name in order}
+    lines = verdict(spec, {n: metrics[n] for n in order}, stats, learning)
+    report_dir = Path(spec.report_dir)
+    pictures = report_dir / "results"
+    pictures.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    best = spec.best if spec.best in metrics else None
+    profiles = {
+        f"{name} (J={metrics[name]['J']:.2f})": results[name]["final"]["profile"]
+        for name in [*finished, *([best] if best else [])]
+    }
+    written.append(
+        plot_layer_profiles(profiles, pictures / "profile_baseline_vs_best.png", "Psi per block")
+    )
+    steps = {name: (s["steps"], s["jump_strength"]) for name, s in series.items() if s["steps"]}
+    if steps:
+        written.append(plot_jump_over_steps(steps, pictures / "j_vs_step.png"))
+    early = {
+        name: results[name]["final"]["early_exit_loss"]
+        for name in [*finished, *([best] if best else [])]
+        if results[name]["final"].get("early_exit_loss")
+    }
+    if early:
+        written.append(plot_early_exit_losses(early, pictures / "early_exit.png"))
+    written.append(
+        plot_tradeoff(
+            {name: (metrics[name]["loss"], metrics[name]["J"]) for name in order},
+            pictures / "tradeoff.png",
+        )
+    )
+
+    setup = _setup(spec, {name: results[name] for name in order})
+    deltas = {
+        name: {
+            "J_relative": _relative(metrics[name]["J"], stats["J"]["mean"]),
+            "loss": metrics[name]["loss"] - stats["loss"]["mean"],
+            "early_exit_middle": metrics[name]["early_exit_middle"]
+            - stats["early_exit_middle"]["mean"],
+        }
+        for name in order
+    }
+    summary = {
+        "title": spec.title,
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "setup": setup,
+        "baselines": finished,
+        "best": best,
+        "baseline_stats": stats,
+        "runs": {
+            name: {
+                "jreg": results[name]["jreg"],
+                "seed": results[name]["seed"],
+                "metrics": metrics[name],
+                "difference_to_baseline": deltas[name],
+                "still_learning": learning[name],
+                "val_series": {
+                    k: series[name].get(k, []) for k in ("steps", "jump_strength", "loss")
+                },
+            }
+            for name in order
+        },
+        "verdict": lines,
+    }
+    summary_path = pictures / "summary.json"
+    summary_path.write_text(json.dumps(summary, indent=2, default=_nan_safe) + "\n")
+    written.append(summary_path)
+    markdown = report_dir / "results.md"
+    markdown.write_text(_markdown(spec, summary, order, metrics, stats, deltas, pictures))
+    written.append(markdown)
+    return written
+
+
+def _nan_safe(value):
+    return None if isinstance(value, float) and math.isnan(value) else str(value)
+
+
+def _markdown(spec, summary, order, metrics, stats, deltas, pictures: Path) -> str:
+    setup = summary["setup"]
+    model = setup["model"]
+    optim = setup["optim"]
+    rel = pictures.name
+    out = [
+        f"# {spec.title}",
+        "",
+        f"Generated by `{summary['command']}` on {summary['generated']} from the runs in "
+        f"`{spec.output_dir}`; every number below is read from those runs.",
+        "",
+        "## Verdict",
+        "",
+        *[f"- {line}" for line in summary["verdict"]],
+        "",
+    ]
+    if spec.notes:
+        out += ["## Reading", "", *[f"- {note}" for note in spec.notes], ""]
+    out += [
+        "## Setup",
+        "",
+        f"- Model: Llama, {model['num_layers']} blocks, hidden {model['hidden_size']}, "
+        f"FFN {model['intermediate_size']}, {model['num_heads']} heads, "
+        f"vocab {model['vocab_size']}.",
+        f"- Data: `{setup['corpus']}` ({setup['train_tokens']:,} training / "
+        f"{setup['val_tokens']:,} validation tokens), seq_len {setup['seq_len']}, "
+        f"batch {setup['batch_size']}.",
+        f"- Training: {setup['steps']} steps = {setup['tokens_per_run']:,} tokens per run; "
+        f"AdamW lr {optim.get('lr')} ({optim.get('schedule', 'cosine')} after "
+        f"{optim.get('warmup_steps')} warmup steps); seeds {setup['seeds']}.",
+        f"- Runs went {setup['parallel']} at a time, {setup['threads_per_run']} thread(s) each, "
+        f"on a 2-core CPU; fit wall time per run: "
+        + ", ".join(
+            f"{name} {seconds / 60:.0f} min" for name, seconds in setup["fit_seconds"].items()
+        )
+        + ".",
+        "- Numbers are the final validation of each run's last checkpoint over the whole "
+        "validation split (post-norm final state unless the run says pre_norm); J vs step comes "
+        "from the validations logged during training.",
+        "",
+        f"Reproduce: `{summary['command']}` (finished runs are skipped; a killed run resumes "
+        "from its last checkpoint).",
+        "",
+        "## Runs",
+        "",
+        "| run | lam | weights | final state | val loss | ppl | J | J_late | argmax | Psi_L "
+        "| mean Psi mid | early exit @ mid | std | max/mean | ΔJ | Δloss |",
+        "|" + " --- |" * 16,
+    ]
+    for name in order:
+        m = metrics[name]
+        jreg = summary["runs"][name]["jreg"]
+        d = deltas[name]
+        cells = [
+            f"`{name}`",
+            f"{float(jreg.get('lam', 0)):g}",
+            str(jreg.get("weights", "")) if float(jreg.get("lam", 0)) else "-",
+            str(jreg.get("final_state", "post_norm")),
+            *[_format(m[key], key) for key in METRICS],
+            f"{d['J_relative']:+.0%}",
+            f"{d['loss']:+.4f}",
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    spread_cells = ["baseline seed spread (±)", "", "", ""]
+    spread_cells += [_format(stats[key]["spread"], key) for key in METRICS]
+    j_mean = stats["J"]["mean"]
+    spread_cells += [f"±{stats['J']['spread'] / j_mean:.0%}" if j_mean else "", ""]
+    out.append("| " + " | ".join(spread_cells) + " |")
+    out += [
+        "",
+        "Columns: J = Psi_L / mean(Psi_2..Psi_{L-1}); J_late = max(Psi_{L-1}, Psi_L) / "
+        "mean(Psi_2..Psi_{L-2}); argmax = the block with the largest Psi after block 1; "
+        "mean Psi mid = mean(Psi_2..Psi_{L-1}); early exit @ mid = logit-lens loss after block "
+        "L/2; std and max/mean of Psi_2..Psi_L; ΔJ and Δloss against the mean of the "
+        "baseline seeds.",
+        "",
+        "## Pictures",
+        "",
+        f"![profiles]({rel}/profile_baseline_vs_best.png)",
+        f"![J vs step]({rel}/j_vs_step.png)",
+        f"![early exit]({rel}/early_exit.png)",
+        f"![trade-off]({rel}/tradeoff.png)",
+        "",
+        f"Machine-readable: [`{rel}/summary.json`]({rel}/summary.json).",
+        "",
+    ]
+    return "\n".join(out)

@@ -1,0 +1,190 @@
+"""Train a study's runs: each one a ``cli.py fit`` then a ``cli.py validate``, resumable.
+
+A run's folder holds ``run_config.yaml`` (the full fit config), its logs and
+checkpoints, ``attempts.json`` (wall time of every fit attempt) and, once
+finished, ``result.json``. A finished run is skipped; a run with checkpoints
+but no result resumes from ``checkpoints/last.ckpt`` (Lightning restores the
+model, optimizer, schedule and data position), so a study stopped halfway,
+by a kill or the end of a session, continues where it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from jreg_lightning.study.spec import RunSpec, StudySpec
+
+RESULT_FILE = "result.json"
+CONFIG_FILE = "run_config.yaml"
+ATTEMPTS_FILE = "attempts.json"
+FINAL_VALIDATION = "validation_profile.json"
+_CLI = "from jreg_lightning.cli import main; main()"
+
+
+def run_dir(spec: StudySpec, run: RunSpec) -> Path:
+    """The folder of one run."""
+    return spec.output_dir / run.name
+
+
+def _set_dotted(config: dict, key: str, value) -> None:
+    node = config
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def run_config(spec: StudySpec, run: RunSpec, max_steps: int | None = None) -> dict:
+    """The base fit config with the run's seed, JREG settings, overrides and folders."""
+    config = copy.deepcopy(yaml.safe_load(spec.base.read_text()))
+    folder = str(run_dir(spec, run))
+    config["seed_everything"] = run.seed
+    config.setdefault("model", {}).setdefault("jreg", {}).update(run.jreg)
+    for key, value in run.overrides.items():
+        _set_dotted(config, key, value)
+    trainer = config.setdefault("trainer", {})
+    trainer["default_root_dir"] = folder
+    logger = trainer.get("logger")
+    if isinstance(logger, dict):
+        logger.setdefault("init_args", {})["save_dir"] = folder
+    if max_steps is not None:
+        trainer["max_steps"] = max_steps
+        trainer["val_check_interval"] = max(1, max_steps // 2)
+        trainer["limit_val_batches"] = 2
+    for callback in trainer.get("callbacks") or []:
+        if callback.get("class_path", "").endswith("ModelCheckpoint"):
+            args = callback.setdefault("init_args", {})
+            args["dirpath"] = f"{folder}/checkpoints"
+            if max_steps is not None:
+                args["every_n_train_steps"] = max(1, max_steps // 2)
+    config.setdefault("data", {})["data_dir"] = spec.data.data_dir
+    return config
+
+
+def read_result(spec: StudySpec, run: RunSpec) -> dict | None:
+    """The finished run's ``result.json``, or ``None``."""
+    path = run_dir(spec, run) / RESULT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _attempts(folder: Path) -> list[dict]:
+    path = folder / ATTEMPTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def _record_attempt(folder: Path, attempt: dict) -> None:
+    attempts = [*_attempts(folder), attempt]
+    temporary = folder / f".{ATTEMPTS_FILE}.tmp"
+    temporary.write_text(json.dumps(attempts, indent=2) + "\n")
+    temporary.replace(folder / ATTEMPTS_FILE)
+
+
+def _cli(args: list[str], log: Path, threads: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with log.open("a") as handle:
+        handle.write(f"\n$ cli.py {' '.join(args)}\n")
+        handle.flush()
+        done = subprocess.run(
+            [sys.executable, "-c", _CLI, *args], stdout=handle, stderr=subprocess.STDOUT, env=env
+        )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"study: `cli.py {' '.join(args)}` failed (exit {done.returncode}); see {log}"
+        )
+
+
+def train_run(spec: StudySpec, run: RunSpec, max_steps: int | None = None) -> dict:
+    """Fit (or resume) one run, validate its last checkpoint, write and return ``result.json``."""
+    folder = run_dir(spec, run)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = run_config(spec, run, max_steps)
+    config_path = folder / CONFIG_FILE
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    log = folder / "study.log"
+    last = folder / "checkpoints" / "last.ckpt"
+    fit = ["fit", "--config", str(config_path)]
+    resumed = last.exists()
+    if resumed:
+        fit += ["--ckpt_path", str(last)]
+    started = time.time()
+    _cli(fit, log, spec.threads_per_run)
+    _record_attempt(
+        folder,
+        {"started": started, "seconds": round(time.time() - started, 1), "resumed": resumed},
+    )
+    # The whole validation split, early-exit losses included; no logger, so the
+    # report lands in the run folder and the fit's metrics stay as they were.
+    validate = [
+        "validate",
+        "--config",
+        str(config_path),
+        "--ckpt_path",
+        str(last),
+        "--trainer.logger",
+        "false",
+        "--trainer.limit_val_batches",
+        "1.0" if max_steps is None else "2",
+    ]
+    _cli(validate, log, spec.threads_per_run)
+    validation = json.loads((folder / FINAL_VALIDATION).read_text())
+    trainer = config["trainer"]
+    data = config["data"]
+    result = {
+        "name": run.name,
+        "seed": run.seed,
+        "jreg": config["model"]["jreg"],
+        "overrides": run.overrides,
+        "steps": trainer["max_steps"],
+        "tokens": trainer["max_steps"] * data["batch_size"] * data["seq_len"],
+        "fit_seconds": round(sum(a["seconds"] for a in _attempts(folder)), 1),
+        "attempts": len(_attempts(folder)),
+        "final": validation,
+        "config": str(config_path),
+    }
+    temporary = folder / f".{RESULT_FILE}.tmp"
+    temporary.write_text(json.dumps(result, indent=2) + "\n")
+    temporary.replace(folder / RESULT_FILE)
+    return result
+
+
+def train_study(
+    spec: StudySpec, names: list[str] | None = None, max_steps: int | None = None
+) -> dict[str, dict]:
+    """Train every unfinished run (``names``: only those), ``spec.parallel`` at a time."""
+    runs = [spec.run(name) for name in names] if names else spec.runs
+    results: dict[str, dict] = {}
+    pending = []
+    for run in runs:
+        done = read_result(spec, run)
+        if done is not None:
+            print(f"study: {run.name}: finished earlier, skipped")
+            results[run.name] = done
+        else:
+            pending.append(run)
+
+    def one(run: RunSpec) -> tuple[str, dict]:
+        folder = run_dir(spec, run)
+        state = "resuming" if (folder / "checkpoints" / "last.ckpt").exists() else "training"
+        print(f"study: {run.name}: {state} (log: {folder / 'study.log'})", flush=True)
+        result = train_run(spec, run, max_steps)
+        final = result["final"]
+        print(
+            f"study: {run.name}: done in {result['fit_seconds']:.0f} s: val loss "
+            f"{final['loss']:.4f}, J {final['jump_strength']:.2f}",
+            flush=True,
+        )
+        return run.name, result
+
+    with ThreadPoolExecutor(max_workers=spec.parallel) as pool:
+        for name, result in pool.map(one, pending):
+            results[name] = result
+    return results

@@ -1,0 +1,143 @@
+"""The study file: which runs to train from one shared fit config, and where they go.
+
+A study YAML (``configs/study/cpu.yaml``) names a base fit config, the data it
+needs, and the runs as small overrides of that config::
+
+    base: configs/study/base_cpu.yaml
+    output_dir: runs/study/cpu
+    report_dir: docs/results
+    parallel: 2              # runs at a time
+    threads_per_run: 1       # torch threads of each run
+    data: {corpus: stdlib_source, corpus_file: ..., data_dir: ..., val_fraction: 0.05}
+    baselines: [baseline_s1, baseline_s2]
+    best: linear_lam10       # the JREG run the report sets against the baseline
+    runs:
+      baseline_s1: {seed: 1, lam: 0.0}
+      linear_lam10: {lam: 10.0, weights: linear}
+
+Every key of a run besides ``seed`` and the JREG keys (``lam``, ``weights``,
+``last_k``, ``final_state``) is a dotted fit-config key (``model.optim.lr``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from jreg_lightning.errors import ConfigError
+
+JREG_KEYS = ("lam", "weights", "last_k", "explicit_weights", "final_state")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a study.
+
+    Attributes:
+        name: folder name under the study's ``output_dir``.
+        seed: ``seed_everything`` of the run.
+        jreg: overrides of ``model.jreg`` (``lam``, ``weights``, ...).
+        overrides: other dotted fit-config keys and their values.
+    """
+
+    name: str
+    seed: int
+    jreg: dict
+    overrides: dict
+
+    @property
+    def is_baseline(self) -> bool:
+        return float(self.jreg.get("lam", 0.0)) == 0.0
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How to build the study's shards when they are missing (``prepare`` arguments)."""
+
+    data_dir: str
+    corpus: str = "stdlib_source"
+    corpus_file: str = "data/study_corpus/stdlib_source.jsonl"
+    vocab_size: int = 8192
+    val_fraction: float = 0.05
+    max_documents: int | None = None
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A whole study: base config, data, runs, and how they are scheduled."""
+
+    path: Path
+    base: Path
+    output_dir: Path
+    report_dir: Path
+    data: DataSpec
+    runs: list[RunSpec]
+    baselines: list[str]
+    best: str | None
+    parallel: int = 2
+    threads_per_run: int = 1
+    title: str = "JREG study"
+    notes: list[str] = field(default_factory=list)
+
+    def run(self, name: str) -> RunSpec:
+        """The run called ``name``."""
+        for run in self.runs:
+            if run.name == name:
+                return run
+        raise ConfigError(f"study: no run named {name!r}; known: {[r.name for r in self.runs]}")
+
+
+def _require(settings: dict, key: str, path: Path):
+    if key not in settings:
+        raise ConfigError(f"study: {path} has no {key!r}; add it (see configs/study/cpu.yaml)")
+    return settings[key]
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and check a study YAML; one-line errors name the key and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config: study file {path} not found; pass --config a study YAML")
+    settings = yaml.safe_load(path.read_text()) or {}
+    base = Path(_require(settings, "base", path))
+    if not base.is_file():
+        raise FileNotFoundError(f"study: base config {base} (named in {path}) does not exist")
+    runs_in = _require(settings, "runs", path)
+    if not isinstance(runs_in, dict) or not runs_in:
+        raise ConfigError(f"study: 'runs' in {path} must map run names to their settings")
+    default_seed = int(settings.get("seed", 1))
+    runs = []
+    for name, values in runs_in.items():
+        values = dict(values or {})
+        seed = int(values.pop("seed", default_seed))
+        jreg = {key: values.pop(key) for key in JREG_KEYS if key in values}
+        if "lam" not in jreg:
+            raise ConfigError(f"study: run {name!r} in {path} has no 'lam'; set lam: 0.0 or more")
+        runs.append(RunSpec(str(name), seed, jreg, values))
+    names = [run.name for run in runs]
+    baselines = list(settings.get("baselines") or [r.name for r in runs if r.is_baseline])
+    for name in [*baselines, settings.get("best")]:
+        if name is not None and name not in names:
+            raise ConfigError(f"study: {name!r} in {path} is not one of the runs {names}")
+    if not baselines:
+        raise ConfigError(f"study: {path} has no baseline run (lam: 0.0); add one")
+    parallel = int(settings.get("parallel", 2))
+    threads = int(settings.get("threads_per_run", 1))
+    if parallel < 1 or threads < 1:
+        raise ConfigError(f"study: parallel and threads_per_run in {path} must be at least 1")
+    return StudySpec(
+        path=path,
+        base=base,
+        output_dir=Path(_require(settings, "output_dir", path)),
+        report_dir=Path(settings.get("report_dir", "docs/results")),
+        data=DataSpec(**_require(settings, "data", path)),
+        runs=runs,
+        baselines=baselines,
+        best=settings.get("best"),
+        parallel=parallel,
+        threads_per_run=threads,
+        title=str(settings.get("title", "JREG study")),
+        notes=[str(note) for note in settings.get("notes") or []],
+    )

@@ -1,0 +1,119 @@
+"""``cli.py study``: the plumbing of a study (train, skip, resume, report); not its science."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jreg_lightning.study.command import study
+from jreg_lightning.study.report import run_metrics
+from jreg_lightning.study.spec import load_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_study(root: Path) -> Path:
+    """A study of a 4-block model on a small docstring corpus, written under ``root``."""
+    base = yaml.safe_load((REPO / "configs/study/base_cpu.yaml").read_text())
+    base["model"]["llama"].update(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=4,
+        num_heads=2,
+        num_kv_heads=2,
+        max_position_embeddings=32,
+    )
+    base["data"].update(seq_len=32, batch_size=2)
+    (root / "base.yaml").write_text(yaml.safe_dump(base))
+    spec = {
+        "title": "tiny study",
+        "base": str(root / "base.yaml"),
+        "output_dir": str(root / "runs"),
+        "report_dir": str(root / "docs"),
+        "parallel": 2,
+        "data": {
+            "corpus": "docstrings",
+            "corpus_file": str(root / "corpus.jsonl"),
+            "data_dir": str(root / "shards"),
+            "vocab_size": 300,
+            "val_fraction": 0.1,
+            "max_documents": 60,
+        },
+        "baselines": ["baseline_s1"],
+        "best": "linear_lam1",
+        "runs": {
+            "baseline_s1": {"seed": 1, "lam": 0.0},
+            "linear_lam1": {"lam": 1.0, "weights": "linear"},
+            "final_lam1": {"lam": 1.0, "weights": "final"},
+        },
+    }
+    path = root / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_quick_study_writes_the_report_and_skips_finished_runs(tmp_path, capsys):
+    config = tiny_study(tmp_path)
+    paths = study(config=str(config), quick=True)
+    report = tmp_path / "runs_quick" / "report"
+    assert sorted(Path(p).name for p in paths) == [
+        "early_exit.png",
+        "j_vs_step.png",
+        "profile_baseline_vs_best.png",
+        "results.md",
+        "summary.json",
+        "tradeoff.png",
+    ]
+    summary = json.loads((report / "results" / "summary.json").read_text())
+    assert set(summary["runs"]) == {"baseline_s1", "linear_lam1"}
+    assert summary["runs"]["linear_lam1"]["jreg"]["lam"] == 1.0
+    for name, entry in summary["runs"].items():
+        result = json.loads((tmp_path / "runs_quick" / name / "result.json").read_text())
+        assert entry["metrics"] == pytest.approx(run_metrics(result["final"]), nan_ok=True)
+        assert result["steps"] == 8 and len(result["final"]["early_exit_loss"]) == 4
+    table = (report / "results.md").read_text()
+    assert "| `baseline_s1` | 0 | - | post_norm |" in table and "`linear_lam1`" in table
+    assert "python cli.py study --config" in table
+
+    # A second call trains nothing: both runs are finished.
+    stamp = (tmp_path / "runs_quick" / "baseline_s1" / "result.json").stat().st_mtime_ns
+    capsys.readouterr()
+    study(config=str(config), quick=True)
+    out = capsys.readouterr().out
+    assert out.count("finished earlier, skipped") == 2
+    assert (tmp_path / "runs_quick" / "baseline_s1" / "result.json").stat().st_mtime_ns == stamp
+
+
+def test_study_file_errors_name_the_key(tmp_path):
+    config = tiny_study(tmp_path)
+    spec = yaml.safe_load(config.read_text())
+    spec["best"] = "nope"
+    config.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match=r"study: 'nope' .* is not one of the runs"):
+        load_study(config)
+    del spec["best"]
+    spec["runs"]["linear_lam1"] = {"weights": "linear"}
+    config.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match=r"run 'linear_lam1' .* has no 'lam'"):
+        load_study(config)
+
+
+def test_run_metrics_reads_the_profile():
+    final = {
+        "loss": 5.0,
+        "ppl": 148.4,
+        "jump_strength": 3.0,
+        "jump_strength_late": 2.5,
+        "jump_layer": 4,
+        "profile": [0.5, 0.01, 0.01, 0.03],
+        "early_exit_loss": [7.0, 6.5, 6.0, 5.0],
+    }
+    metrics = run_metrics(final)
+    assert metrics["psi_L"] == 0.03 and metrics["psi_middle"] == pytest.approx(0.01)
+    assert metrics["early_exit_middle"] == 6.5  # after block L/2 = 2
+    assert metrics["spread_max_over_mean"] == pytest.approx(0.03 / (0.05 / 3))
