@@ -19,7 +19,9 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("jreg_lightning.evaluation.evaluate", "evaluate"),
     "export": ("jreg_lightning.export", "export"),
     "perplexity": ("jreg_lightning.evaluation.perplexity", "perplexity"),
+    "plan": ("jreg_lightning.plan", "plan"),
     "prepare": ("jreg_lightning.data.prepare", "prepare"),
+    "study": ("jreg_lightning.study.command", "study"),
 }
 
 
