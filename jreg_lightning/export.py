@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 from jreg_lightning.checkpoints import load_checkpoint_model
-from jreg_lightning.data.tokenizer import KNOWN_EOS_TOKENS
+from jreg_lightning.data.tokenizer import load_hf_tokenizer
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -42,45 +42,6 @@ def tokenizer_from_meta(data_dir: str | Path) -> tuple[Path, int | None]:
         f"data_dir: the tokenizer {recorded} recorded in {meta_path} does not exist; "
         "pass --tokenizer PATH"
     )
-
-
-def load_tokenizer(
-    tokenizer: str | Path, eos_token: str | None = None, eos_id: int | None = None
-) -> PreTrainedTokenizerBase:
-    """A fast HF tokenizer from a ``tokenizer.json`` file or a local tokenizer folder.
-
-    A bare ``tokenizer.json`` (the ``tokenizers`` library's format) is wrapped
-    as a ``PreTrainedTokenizerFast`` whose end-of-text token is ``eos_token``,
-    else the token of ``eos_id``, else the first of the usual names
-    (``<|endoftext|>``, ``</s>``, ...) in its vocabulary.
-    """
-    from transformers import AutoTokenizer
-
-    path = Path(tokenizer)
-    if path.is_dir() and (path / "tokenizer_config.json").is_file():
-        loaded = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        if eos_token is not None:
-            loaded.eos_token = eos_token
-        return loaded
-    if path.is_dir():
-        path = path / "tokenizer.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"tokenizer: {tokenizer} is neither a tokenizer.json file nor a folder with one"
-        )
-    wrapped = PreTrainedTokenizerFast(tokenizer_file=str(path))
-    vocab = wrapped.get_vocab()
-    if eos_token is None and eos_id is not None:
-        eos_token = wrapped.convert_ids_to_tokens(int(eos_id))
-    if eos_token is None:
-        eos_token = next((name for name in KNOWN_EOS_TOKENS if name in vocab), None)
-    if eos_token is None or eos_token not in vocab:
-        raise ValueError(
-            f"tokenizer: no end-of-text token in {path} (tried {eos_token or KNOWN_EOS_TOKENS}); "
-            "pass --eos_token with the name of one of its special tokens"
-        )
-    wrapped.eos_token = eos_token
-    return wrapped
 
 
 def _check_vocab(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -146,7 +107,7 @@ def export(
             )
         tokenizer_path, eos_id = tokenizer_from_meta(data_dir)
         tokenizer = str(tokenizer_path)
-    hf_tokenizer = load_tokenizer(tokenizer, eos_token, eos_id)
+    hf_tokenizer = load_hf_tokenizer(tokenizer, eos_token, eos_id)
     model = load_checkpoint_model(checkpoint)
     _check_vocab(model, hf_tokenizer)
     # The special ids are the tokenizer's (LlamaConfig's default bos_token_id=1 is a

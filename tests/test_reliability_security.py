@@ -168,9 +168,8 @@ def test_hf_folders_with_pickled_weights_are_not_unpickled(tmp_path, monkeypatch
 
 def test_model_folders_with_custom_code_are_not_imported(tmp_path):
     from jreg_lightning.analysis.loading import load_hf_model
-    from jreg_lightning.data.tokenizer import load_tokenizer as data_tokenizer
+    from jreg_lightning.data.tokenizer import load_hf_tokenizer, load_tokenizer
     from jreg_lightning.evaluation.models import load_eval_model
-    from jreg_lightning.export import load_tokenizer as export_tokenizer
 
     folder = tmp_path / "model"
     folder.mkdir()
@@ -189,7 +188,7 @@ def test_model_folders_with_custom_code_are_not_imported(tmp_path):
     (folder / "tokenizer_config.json").write_text(
         json.dumps({"auto_map": {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}})
     )
-    for load in (load_hf_model, load_eval_model, data_tokenizer, export_tokenizer):
+    for load in (load_hf_model, load_eval_model, load_tokenizer, load_hf_tokenizer):
         with pytest.raises(Exception):  # noqa: B017 - any refusal will do; the marker is the test
             load(folder)
         assert not marker.exists(), f"{load.__module__}.{load.__name__} ran the folder's code"

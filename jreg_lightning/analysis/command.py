@@ -17,13 +17,9 @@ from jreg_lightning.analysis.loading import (
 from jreg_lightning.analysis.measure import measure_model
 from jreg_lightning.analysis.report import draw_plots, write_tables
 from jreg_lightning.analysis.run_logs import read_logged_series
-from jreg_lightning.analysis.text import (
-    load_encoder,
-    shard_batches,
-    shard_vocab_size,
-    text_batches,
-)
+from jreg_lightning.analysis.text import shard_batches, shard_vocab_size, text_batches
 from jreg_lightning.checkpoints import load_checkpoint_model
+from jreg_lightning.data.tokenizer import load_encoder
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

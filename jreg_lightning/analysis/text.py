@@ -64,27 +64,6 @@ def shard_batches(
                 return
 
 
-def load_encoder(tokenizer: str | Path) -> Callable[[str], list[int]]:
-    """A text -> token ids function from a local ``tokenizer.json`` or HF tokenizer folder."""
-    path = Path(tokenizer)
-    if path.is_dir() and (path / "tokenizer.json").is_file():
-        path = path / "tokenizer.json"
-    if path.is_file():
-        from tokenizers import Tokenizer
-
-        fast = Tokenizer.from_file(str(path))
-        return lambda text: fast.encode(text, add_special_tokens=False).ids
-    if path.is_dir():
-        from transformers import AutoTokenizer
-
-        hf = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        return lambda text: hf(text, add_special_tokens=False)["input_ids"]
-    raise FileNotFoundError(
-        f"analyze: tokenizer {path} does not exist; pass --tokenizer a tokenizer.json file or a "
-        "local HF tokenizer folder"
-    )
-
-
 def text_batches(
     text: str | Path,
     encode: Callable[[str], list[int]],

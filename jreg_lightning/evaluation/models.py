@@ -9,7 +9,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from jreg_lightning.checkpoints import load_checkpoint_model
-from jreg_lightning.export import load_tokenizer
+from jreg_lightning.data.tokenizer import load_hf_tokenizer
 
 
 @dataclass
@@ -62,7 +62,7 @@ def load_eval_model(
         name: label in tables.
         device: torch device to score on.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = Path(path)
     if not path.exists():
@@ -78,11 +78,9 @@ def load_eval_model(
         model = load_checkpoint_model(path)
     hf_tokenizer = None
     if tokenizer is not None:
-        hf_tokenizer = load_tokenizer(tokenizer)
+        hf_tokenizer = load_hf_tokenizer(tokenizer)
     elif hf_folder and (path / "tokenizer_config.json").is_file():
-        hf_tokenizer = AutoTokenizer.from_pretrained(
-            path, local_files_only=True, trust_remote_code=False
-        )
+        hf_tokenizer = load_hf_tokenizer(path)
     label = name or (path.name if path.is_dir() else path.stem)
     return EvalModel(label, path, model.to(device).eval(), hf_tokenizer, hf_folder)
 
