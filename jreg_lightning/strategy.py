@@ -5,7 +5,8 @@ number of nodes and ``tensor_parallel_size="auto"`` as the devices per node (2-D
 parallelism). This project shards with FSDP2 only, so the data-parallel size
 must be the world size, which a config cannot know (it changes with
 ``--trainer.num_nodes``, SLURM or torchrun). ``FSDP2Strategy`` fills it in when
-the processes are known; everything else is ``ModelParallelStrategy`` unchanged.
+the processes are known; its distributed-checkpoint saves are atomic
+(``jreg_lightning.checkpoints.AtomicModelParallelStrategy``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from datetime import timedelta
 from typing import Literal
 
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
-from lightning.pytorch.strategies import ModelParallelStrategy
 
+from jreg_lightning.checkpoints import AtomicModelParallelStrategy
 from jreg_lightning.errors import ConfigError
 
 WORLD_SIZE = "world_size"
@@ -31,8 +32,10 @@ def data_parallel_size(world_size: int, tensor_parallel_size: int) -> int:
     return world_size // tensor_parallel_size
 
 
-class FSDP2Strategy(ModelParallelStrategy):
+class FSDP2Strategy(AtomicModelParallelStrategy):
     """``ModelParallelStrategy`` whose data-parallel mesh spans every process by default.
+
+    Saves of distributed checkpoints are atomic (``AtomicModelParallelStrategy``).
 
     Args:
         data_parallel_size: ``world_size`` (the default): devices x num_nodes divided by
