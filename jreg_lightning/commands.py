@@ -9,6 +9,7 @@ their command runs.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Sequence
 
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,6 +26,26 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# jsonargparse's auto_cli keeps ``--config`` for its own config-file option, so a
+# command whose input is a config file names that parameter ``config_file`` and
+# the command line spells it ``--config`` like fit and validate.
+CONFIG_FILE_PARAMETER = "config_file"
+
+
+def _config_alias(function, args: Sequence[str]) -> list[str]:
+    """``--config X`` -> ``--config_file X`` for a command with a ``config_file`` parameter."""
+    if CONFIG_FILE_PARAMETER not in inspect.signature(function).parameters:
+        return list(args)
+    renamed = []
+    for arg in args:
+        if arg == "--config":
+            arg = f"--{CONFIG_FILE_PARAMETER}"
+        elif arg.startswith("--config="):
+            arg = f"--{CONFIG_FILE_PARAMETER}=" + arg.split("=", 1)[1]
+        renamed.append(arg)
+    return renamed
+
+
 def run_extra_command(name: str, args: Sequence[str]) -> object:
     """Parse ``args`` against the command's signature and run it."""
     from jsonargparse import auto_cli
@@ -32,4 +53,6 @@ def run_extra_command(name: str, args: Sequence[str]) -> object:
     module_name, function_name = EXTRA_COMMANDS[name]
     function = getattr(importlib.import_module(module_name), function_name)
     # Parse errors raise, so that cli.main() prints them as one line (no usage wall).
-    return auto_cli(function, args=list(args), as_positional=False, exit_on_error=False)
+    return auto_cli(
+        function, args=_config_alias(function, args), as_positional=False, exit_on_error=False
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import yaml
 
 from jreg_lightning.cli import JregCLI
 from jreg_lightning.model_config import LlamaModelConfig
@@ -14,7 +15,12 @@ from jreg_lightning.optim import OptimConfig
 from jreg_lightning.regularizer import JregConfig, JumpRegularizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
+# Study files (``configs/study/cpu.yaml``) list runs of a base fit config; they are
+# checked by ``test_study_files_load``, their base configs like any fit config.
+STUDY_FILES = sorted(
+    path for path in CONFIGS.rglob("*.yaml") if "base" in (yaml.safe_load(path.read_text()) or {})
+)
+ALL_CONFIGS = sorted(set(CONFIGS.rglob("*.yaml")) - set(STUDY_FILES))
 # Files in these folders are the value of one key (``llama: model/llama_1b.yaml``).
 VALUE_FOLDERS = {"model": "model.llama", "jreg": "model.jreg"}
 # Files in these folders are overlays, passed after a full config (several --config).
@@ -70,6 +76,17 @@ def _flatten(tree, prefix=""):
 def _settings(path: Path) -> dict:
     """The parsed config of ``path`` as flat ``{"trainer.max_steps": 100, ...}``."""
     return dict(_flatten(_parse("--config", path).as_dict()))
+
+
+def test_study_files_load():
+    from jreg_lightning.study.spec import load_study
+
+    assert STUDY_FILES, "configs/study/ ships at least the CPU study"
+    for path in STUDY_FILES:
+        spec = load_study(path)
+        assert spec.base in ALL_CONFIGS or spec.base.resolve() in ALL_CONFIGS
+        for run in spec.runs:
+            JregConfig(**{**_fields(_parse("--config", spec.base).model.jreg), **run.jreg})
 
 
 def test_there_are_configs():

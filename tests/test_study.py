@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jreg_lightning.commands import run_extra_command
 from jreg_lightning.study.command import study
 from jreg_lightning.study.report import run_metrics
 from jreg_lightning.study.spec import load_study
@@ -59,7 +60,7 @@ def tiny_study(root: Path) -> Path:
 @pytest.mark.slow
 def test_quick_study_writes_the_report_and_skips_finished_runs(tmp_path, capsys):
     config = tiny_study(tmp_path)
-    paths = study(config=str(config), quick=True)
+    paths = study(config_file=str(config), quick=True)
     report = tmp_path / "runs_quick" / "report"
     assert sorted(Path(p).name for p in paths) == [
         "early_exit.png",
@@ -83,7 +84,7 @@ def test_quick_study_writes_the_report_and_skips_finished_runs(tmp_path, capsys)
     # A second call trains nothing: both runs are finished.
     stamp = (tmp_path / "runs_quick" / "baseline_s1" / "result.json").stat().st_mtime_ns
     capsys.readouterr()
-    study(config=str(config), quick=True)
+    run_extra_command("study", ["--config", str(config), "--quick", "true"])  # as cli.py does
     out = capsys.readouterr().out
     assert out.count("finished earlier, skipped") == 2
     assert (tmp_path / "runs_quick" / "baseline_s1" / "result.json").stat().st_mtime_ns == stamp

@@ -55,7 +55,7 @@ def quick_spec(spec: StudySpec) -> StudySpec:
 
 
 def study(
-    config: str = "configs/study/cpu.yaml",
+    config_file: str = "configs/study/cpu.yaml",
     runs: list[str] | None = None,
     report_only: bool = False,
     quick: bool = False,
@@ -63,7 +63,8 @@ def study(
     """Train a study's runs (skipping finished ones, resuming killed ones) and write its report.
 
     Args:
-        config: the study YAML (see ``jreg_lightning.study.spec``).
+        config_file: the study YAML (see ``jreg_lightning.study.spec``); on the
+            command line ``--config``.
         runs: train only these runs (the report still uses every finished run).
         report_only: write the report from the finished runs, train nothing.
         quick: a plumbing check: a baseline and one JREG run of a few steps, in
@@ -73,7 +74,7 @@ def study(
         The paths of the report's files.
     """
     started = time.perf_counter()
-    spec = load_study(config)
+    spec = load_study(config_file)
     command = f"python cli.py study --config {shlex.quote(str(spec.path))}"
     if quick:
         spec = quick_spec(spec)

@@ -121,8 +121,8 @@ def train_run(spec: StudySpec, run: RunSpec, max_steps: int | None = None) -> di
         folder,
         {"started": started, "seconds": round(time.time() - started, 1), "resumed": resumed},
     )
-    # The whole validation split, early-exit losses included; no logger, so the
-    # report lands in the run folder and the fit's metrics stay as they were.
+    # The same validation batches as during fit, early-exit losses included; no
+    # logger, so the report lands in the run folder and the fit's metrics stay.
     validate = [
         "validate",
         "--config",
@@ -131,8 +131,6 @@ def train_run(spec: StudySpec, run: RunSpec, max_steps: int | None = None) -> di
         str(last),
         "--trainer.logger",
         "false",
-        "--trainer.limit_val_batches",
-        "1.0" if max_steps is None else "2",
     ]
     _cli(validate, log, spec.threads_per_run)
     validation = json.loads((folder / FINAL_VALIDATION).read_text())
