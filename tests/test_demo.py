@@ -1,4 +1,4 @@
-"""The demo, end to end at a reduced size, and the stdlib corpus it is built from."""
+"""The demo, end to end at a reduced size, and the stdlib corpora it is built from."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from jreg_lightning.data.demo_corpus import write_demo_corpus
+from tests.test_study import tiny_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,33 +25,51 @@ def test_demo_corpus_is_english_prose_from_the_standard_library(tmp_path):
     assert not (tmp_path / "corpus.jsonl.partial").exists()
 
 
+def test_study_corpus_is_the_standard_library_source(tmp_path):
+    stats = write_demo_corpus(tmp_path / "src.jsonl", max_documents=10, kind="stdlib_source")
+    records = [json.loads(line) for line in (tmp_path / "src.jsonl").read_text().splitlines()]
+    assert stats["documents"] == 10 and all(r["source"].endswith(".py") for r in records)
+    assert any("def " in r["text"] or "import " in r["text"] for r in records)
+    with pytest.raises(ValueError, match="corpus: 'nope' is not one of"):
+        write_demo_corpus(tmp_path / "x.jsonl", kind="nope")
+
+
+def test_shipped_demo_file_is_the_study_model_shortened():
+    from jreg_lightning.study.spec import load_study
+
+    demo, study = (
+        load_study(REPO / "configs/study/demo.yaml"),
+        load_study(REPO / "configs/study/cpu.yaml"),
+    )
+    assert demo.base == study.base and demo.data == study.data
+    assert [run.is_baseline for run in demo.runs] == [True, False]
+    assert set(demo.overrides) <= {
+        "trainer.max_steps",
+        "trainer.val_check_interval",
+        "trainer.limit_val_batches",
+    }
+
+
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_reports_the_profile(tmp_path, capsys, monkeypatch):
+def test_demo_trains_both_runs_and_prints_them_side_by_side(tmp_path, capsys, monkeypatch):
     from jreg_lightning.demo import demo
 
     monkeypatch.chdir(REPO)
-    report = demo(
-        data_dir=str(tmp_path / "data"),
-        corpus=str(tmp_path / "corpus.jsonl"),
-        run_dir=str(tmp_path / "run"),
-        max_steps=3,
-        max_documents=120,
-        num_workers=1,
-    )
+    config = tiny_study(tmp_path)
+    spec = yaml.safe_load(config.read_text())
+    spec["overrides"] = {
+        "trainer.max_steps": 4,
+        "trainer.val_check_interval": 2,
+        "trainer.limit_val_batches": 2,
+    }
+    del spec["runs"]["final_lam1"]
+    config.write_text(yaml.safe_dump(spec))
+    report = demo(config_file=str(config))
     out = capsys.readouterr().out
-    assert "J = " in out and "val loss = " in out and "layer profile plot:" in out
-    assert len(report["profile"]) == 8 and report["loss"] > 0
+    assert "baseline" in out and "JREG lam 1 linear" in out
+    for label in ("J ", "J_late", "argmax", "val loss"):
+        assert label in out
+    assert set(report["runs"]) == {"baseline_s1", "linear_lam1"}
     assert Path(report["plot"]).is_file() and Path(report["plot"]).stat().st_size > 0
-    assert (Path(report["log_dir"]) / "metrics.csv").is_file()
-    assert list((tmp_path / "run" / "checkpoints").glob("*step=3*.ckpt"))
-    meta = json.loads((tmp_path / "data" / "meta.json").read_text())
-    assert meta["seq_len"] == 128 and meta["vocab_size"] <= 8192
-
-    # A second demo reuses the shards instead of rebuilding them.
-    demo(
-        data_dir=str(tmp_path / "data"),
-        corpus=str(tmp_path / "missing.jsonl"),
-        run_dir=str(tmp_path / "run2"),
-        max_steps=1,
-    )
-    assert "reusing the shards" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "shards" / "meta.json").read_text())
+    assert meta["seq_len"] == 32 and meta["shuffle_seed"] == 42

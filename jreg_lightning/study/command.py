@@ -13,7 +13,12 @@ from jreg_lightning.study.report import write_report
 from jreg_lightning.study.runner import read_result, train_study
 from jreg_lightning.study.spec import StudySpec, load_study
 
-QUICK_STEPS = 8
+# The quick plumbing check: a few steps, two validations, two batches each.
+QUICK_OVERRIDES = {
+    "trainer.max_steps": 8,
+    "trainer.val_check_interval": 4,
+    "trainer.limit_val_batches": 2,
+}
 
 
 def ensure_data(spec: StudySpec) -> None:
@@ -81,7 +86,7 @@ def study(
         command += " --quick true"
     if not report_only:
         ensure_data(spec)
-        train_study(spec, runs, QUICK_STEPS if quick else None)
+        train_study(spec, runs, QUICK_OVERRIDES if quick else None)
     results = {}
     for run in spec.runs:
         result = read_result(spec, run)

@@ -43,29 +43,28 @@ def _set_dotted(config: dict, key: str, value) -> None:
     node[parts[-1]] = value
 
 
-def run_config(spec: StudySpec, run: RunSpec, max_steps: int | None = None) -> dict:
-    """The base fit config with the run's seed, JREG settings, overrides and folders."""
+def run_config(spec: StudySpec, run: RunSpec, overrides: dict | None = None) -> dict:
+    """The base fit config with the study's and the run's overrides, seed, JREG and folders.
+
+    Checkpoints are saved at every validation (``trainer.val_check_interval``),
+    so J can be measured again at each of those steps.
+    """
     config = copy.deepcopy(yaml.safe_load(spec.base.read_text()))
     folder = str(run_dir(spec, run))
     config["seed_everything"] = run.seed
     config.setdefault("model", {}).setdefault("jreg", {}).update(run.jreg)
-    for key, value in run.overrides.items():
+    for key, value in {**spec.overrides, **run.overrides, **(overrides or {})}.items():
         _set_dotted(config, key, value)
     trainer = config.setdefault("trainer", {})
     trainer["default_root_dir"] = folder
     logger = trainer.get("logger")
     if isinstance(logger, dict):
         logger.setdefault("init_args", {})["save_dir"] = folder
-    if max_steps is not None:
-        trainer["max_steps"] = max_steps
-        trainer["val_check_interval"] = max(1, max_steps // 2)
-        trainer["limit_val_batches"] = 2
     for callback in trainer.get("callbacks") or []:
         if callback.get("class_path", "").endswith("ModelCheckpoint"):
             args = callback.setdefault("init_args", {})
             args["dirpath"] = f"{folder}/checkpoints"
-            if max_steps is not None:
-                args["every_n_train_steps"] = max(1, max_steps // 2)
+            args["every_n_train_steps"] = trainer.get("val_check_interval", trainer["max_steps"])
     config.setdefault("data", {})["data_dir"] = spec.data.data_dir
     return config
 
@@ -102,11 +101,11 @@ def _cli(args: list[str], log: Path, threads: int) -> None:
         )
 
 
-def train_run(spec: StudySpec, run: RunSpec, max_steps: int | None = None) -> dict:
+def train_run(spec: StudySpec, run: RunSpec, overrides: dict | None = None) -> dict:
     """Fit (or resume) one run, validate its last checkpoint, write and return ``result.json``."""
     folder = run_dir(spec, run)
     folder.mkdir(parents=True, exist_ok=True)
-    config = run_config(spec, run, max_steps)
+    config = run_config(spec, run, overrides)
     config_path = folder / CONFIG_FILE
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     log = folder / "study.log"
@@ -155,9 +154,12 @@ def train_run(spec: StudySpec, run: RunSpec, max_steps: int | None = None) -> di
 
 
 def train_study(
-    spec: StudySpec, names: list[str] | None = None, max_steps: int | None = None
+    spec: StudySpec, names: list[str] | None = None, overrides: dict | None = None
 ) -> dict[str, dict]:
-    """Train every unfinished run (``names``: only those), ``spec.parallel`` at a time."""
+    """Train every unfinished run (``names``: only those), ``spec.parallel`` at a time.
+
+    ``overrides``: dotted fit-config keys applied to every run (the quick check's).
+    """
     runs = [spec.run(name) for name in names] if names else spec.runs
     results: dict[str, dict] = {}
     pending = []
@@ -173,7 +175,7 @@ def train_study(
         folder = run_dir(spec, run)
         state = "resuming" if (folder / "checkpoints" / "last.ckpt").exists() else "training"
         print(f"study: {run.name}: {state} (log: {folder / 'study.log'})", flush=True)
-        result = train_run(spec, run, max_steps)
+        result = train_run(spec, run, overrides)
         final = result["final"]
         print(
             f"study: {run.name}: done in {result['fit_seconds']:.0f} s: val loss "

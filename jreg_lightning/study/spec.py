@@ -16,7 +16,9 @@ needs, and the runs as small overrides of that config::
       linear_lam10: {lam: 10.0, weights: linear}
 
 Every key of a run besides ``seed`` and the JREG keys (``lam``, ``weights``,
-``last_k``, ``final_state``) is a dotted fit-config key (``model.optim.lr``).
+``last_k``, ``final_state``) is a dotted fit-config key (``model.optim.lr``);
+a top-level ``overrides`` mapping of dotted keys applies to every run (the
+demo uses it to shorten the study's runs).
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class StudySpec:
     threads_per_run: int = 1
     title: str = "JREG study"
     notes: list[str] = field(default_factory=list)
+    overrides: dict = field(default_factory=dict)
 
     def run(self, name: str) -> RunSpec:
         """The run called ``name``."""
@@ -140,4 +143,5 @@ def load_study(path: str | Path) -> StudySpec:
         threads_per_run=threads,
         title=str(settings.get("title", "JREG study")),
         notes=[str(note) for note in settings.get("notes") or []],
+        overrides=dict(settings.get("overrides") or {}),
     )
