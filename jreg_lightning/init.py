@@ -80,24 +80,14 @@ def init_llama_weights(model: nn.Module, initializer_range: float, seed: int) ->
                     f"init_llama_weights does not know how to initialise {name} "
                     f"({type(module).__name__}); add a rule for it in jreg_lightning/init.py"
                 )
-            _copy_into(param, full)
-        for buffer_name, buffer in module.named_buffers(recurse=False):
-            if "RotaryEmbedding" not in type(module).__name__:
-                raise TypeError(
-                    f"init_llama_weights does not know how to initialise buffer "
-                    f"{module_name}.{buffer_name} ({type(module).__name__}); add a rule for it"
-                )
-            _copy_into(buffer, _rotary_buffer(module, buffer_name))
-    return model
+            copy_full_into(param, full)
+    return init_rotary_buffers(model)
 
 
 def materialize_llama(
     model: nn.Module, device: torch.device | str, initializer_range: float, seed: int
 ) -> nn.Module:
     """Allocate a meta-device (possibly sharded) model on ``device`` and initialise it.
-
-    ``to_empty`` gives every module its own new tensor, which unties a tied LM
-    head from the embedding; the ties are restored before the init.
 
     Args:
         model: the ``LlamaForCausalLM`` built under ``torch.device("meta")``.
@@ -108,6 +98,20 @@ def materialize_llama(
     Returns:
         ``model``, materialised in place.
     """
+    return init_llama_weights(allocate_llama(model, device), initializer_range, seed)
+
+
+def allocate_llama(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """Give a meta-device (possibly sharded) model uninitialised memory on ``device``.
+
+    ``to_empty`` gives every module its own new tensor, which unties a tied LM
+    head from the embedding; the ties are restored here. The caller fills every
+    parameter and buffer next (``init_llama_weights``, or
+    ``jreg_lightning.pretrained.load_pretrained_llama``).
+
+    Returns:
+        ``model``, allocated in place.
+    """
     owners: dict[int, list[tuple[nn.Module, str]]] = {}
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
@@ -117,7 +121,25 @@ def materialize_llama(
         (first_module, first_name), *others = shared
         for module, name in others:
             setattr(module, name, getattr(first_module, first_name))
-    return init_llama_weights(model, initializer_range, seed)
+    return model
+
+
+@torch.no_grad()
+def init_rotary_buffers(model: nn.Module) -> nn.Module:
+    """Recompute the rotary ``inv_freq`` buffers of an allocated model (they are not weights).
+
+    Raises:
+        TypeError: a buffer of another module type, so that nothing is left uninitialised.
+    """
+    for module_name, module in model.named_modules():
+        for buffer_name, buffer in module.named_buffers(recurse=False):
+            if "RotaryEmbedding" not in type(module).__name__:
+                raise TypeError(
+                    f"init_rotary_buffers does not know how to initialise buffer "
+                    f"{module_name}.{buffer_name} ({type(module).__name__}); add a rule for it"
+                )
+            copy_full_into(buffer, _rotary_buffer(module, buffer_name))
+    return model
 
 
 def _normal(param: Tensor, std: float, seed: int) -> Tensor:
@@ -135,7 +157,7 @@ def _rotary_buffer(module: nn.Module, buffer_name: str) -> Tensor:
     return getattr(fresh, buffer_name)
 
 
-def _copy_into(target: Tensor, full: Tensor) -> None:
+def copy_full_into(target: Tensor, full: Tensor) -> None:
     """Copy a full-shape CPU tensor into ``target``, or into its shard if it is a DTensor."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 

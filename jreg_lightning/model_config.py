@@ -92,6 +92,29 @@ class LlamaModelConfig:
         config._attn_implementation = "sdpa"
         return config
 
+    @classmethod
+    def from_hf(cls, config: LlamaConfig) -> LlamaModelConfig:
+        """The shape of a ``transformers.LlamaConfig`` (e.g. a released model's ``config.json``).
+
+        Only the fields this class has are read; whether the HF config uses
+        features it cannot express (rope scaling, biases) is checked by
+        ``jreg_lightning.pretrained.pretrained_llama_config``.
+        """
+        rope = getattr(config, "rope_parameters", None) or {}
+        return cls(
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            num_layers=config.num_hidden_layers,
+            num_heads=config.num_attention_heads,
+            num_kv_heads=config.num_key_value_heads or config.num_attention_heads,
+            max_position_embeddings=config.max_position_embeddings,
+            rope_theta=float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))),
+            tie_word_embeddings=bool(config.tie_word_embeddings),
+            initializer_range=float(config.initializer_range),
+            rms_norm_eps=float(config.rms_norm_eps),
+        )
+
     def num_parameters(self) -> int:
         """Exact parameter count of the built model (embeddings included)."""
         d, f, v, n = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_layers

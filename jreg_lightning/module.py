@@ -26,6 +26,11 @@ from jreg_lightning.nonfinite import NonFiniteGuard, NonFiniteMode
 from jreg_lightning.optim import OptimConfig, build_optimizer
 from jreg_lightning.parallelize import ParallelConfig, parallelize_llama
 from jreg_lightning.preflight import check_checkpoint_shape
+from jreg_lightning.pretrained import (
+    check_data_tokenizer,
+    load_pretrained_llama,
+    pretrained_llama_config,
+)
 from jreg_lightning.regularizer import JregConfig, JumpRegularizer
 
 # ce, JREG term (None at lam = 0), detached Psi sums of the active layers, h_0 ... h_L.
@@ -46,7 +51,8 @@ class JregLightningModule(L.LightningModule):
     over the whole split.
 
     Args:
-        llama: shape of the model.
+        llama: shape of the model. With ``init_from`` it is read from the folder's
+            ``config.json``; leave it out, or give the same values.
         jreg: lambda, layer weights and which final state to use.
         optim: AdamW and the warmup + cosine schedule.
         nonfinite: what a NaN/inf training loss does: ``stop`` the run before any
@@ -54,6 +60,9 @@ class JregLightningModule(L.LightningModule):
             batch and count it (one host sync per step); see ``jreg_lightning.nonfinite``.
         parallel: activation checkpointing, compile, and FSDP2 mixed precision
             (sharding applies under ``ModelParallelStrategy``).
+        init_from: a local Hugging Face Llama folder (``config.json`` + safetensors) to
+            continue pretraining from instead of a random init; prepare the data with
+            its tokenizer (``prepare --tokenizer <folder>``). See ``jreg_lightning.pretrained``.
     """
 
     def __init__(
@@ -63,9 +72,15 @@ class JregLightningModule(L.LightningModule):
         optim: OptimConfig | None = None,
         parallel: ParallelConfig | None = None,
         nonfinite: NonFiniteMode = "stop",
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
-        self.llama_config = _as_config(llama or LlamaModelConfig(), LlamaModelConfig)
+        self.init_from = str(init_from) if init_from else None
+        if self.init_from:
+            given = _as_config(llama, LlamaModelConfig) if llama is not None else None
+            self.llama_config = pretrained_llama_config(self.init_from, given)
+        else:
+            self.llama_config = _as_config(llama or LlamaModelConfig(), LlamaModelConfig)
         self.jreg_config = _as_config(jreg or JregConfig(), JregConfig)
         self.optim_config = _as_config(optim or OptimConfig(), OptimConfig)
         self.parallel_config = _as_config(parallel or ParallelConfig(), ParallelConfig)
@@ -77,6 +92,7 @@ class JregLightningModule(L.LightningModule):
                 "optim": asdict(self.optim_config),
                 "parallel": asdict(self.parallel_config),
                 "nonfinite": nonfinite,
+                "init_from": self.init_from,
             }
         )
         num_layers = self.llama_config.num_layers
@@ -96,14 +112,24 @@ class JregLightningModule(L.LightningModule):
         self.nonfinite_guard = NonFiniteGuard(nonfinite)
 
     # ----------------------------------------------------------------- model
+    def setup(self, stage: str) -> None:
+        """With ``init_from``: refuse data prepared with another tokenizer than the folder's."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if self.init_from and stage == "fit" and getattr(datamodule, "data_dir", None):
+            check_data_tokenizer(self.init_from, datamodule.data_dir)
+
     def configure_model(self) -> None:
-        """Build the Llama once: meta -> wrap/shard -> materialise -> init.
+        """Build the Llama once: meta -> wrap/shard -> materialise -> init (or load).
 
         The same path serves every strategy: under ``ModelParallelStrategy`` the
         blocks and root are sharded with FSDP2 over the data-parallel mesh before
         any memory is allocated, so each rank only ever holds its shard. The init
         is seeded per parameter by the run's seed (``jreg_lightning.init``), so the
         weights are the same as an eager ``build_llama`` whatever the world size.
+        With ``init_from`` the weights are read from the folder instead, shard by
+        shard (``jreg_lightning.pretrained.load_pretrained_llama``); on a resume the
+        checkpoint's weights then replace them (Lightning tells ``configure_model``
+        nothing about the checkpoint it will restore).
         A second call (validate after fit in one process) is a no-op.
         """
         if self.model is not None:
@@ -114,8 +140,12 @@ class JregLightningModule(L.LightningModule):
             model = build_llama(self.llama_config)
         parallelize_llama(model, self.parallel_config, mesh)
         device = self.trainer.strategy.root_device if self._trainer is not None else "cpu"
-        seed = torch.initial_seed()
-        self.model = materialize_llama(model, device, self.llama_config.initializer_range, seed)
+        if self.init_from:
+            self.model = load_pretrained_llama(model, device, self.init_from)
+        else:
+            seed = torch.initial_seed()
+            init_range = self.llama_config.initializer_range
+            self.model = materialize_llama(model, device, init_range, seed)
         if compile_target == "blocks":
             self.regularizer.compile_displacement()
         elif compile_target == "loss":
