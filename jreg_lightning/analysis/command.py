@@ -17,9 +17,16 @@ from jreg_lightning.analysis.loading import (
 from jreg_lightning.analysis.measure import measure_model
 from jreg_lightning.analysis.report import draw_plots, write_tables
 from jreg_lightning.analysis.run_logs import read_logged_series
-from jreg_lightning.analysis.text import shard_batches, shard_vocab_size, text_batches
+from jreg_lightning.analysis.text import (
+    DocumentCounts,
+    document_batches,
+    documents_format,
+    shard_batches,
+    shard_vocab_size,
+    text_batches,
+)
 from jreg_lightning.checkpoints import load_checkpoint_model
-from jreg_lightning.data.tokenizer import load_encoder
+from jreg_lightning.data.tokenizer import load_encoder, load_tokenizer
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -43,6 +50,8 @@ def analyze(
     data: str | None = None,
     split: str = "val",
     text: str | None = None,
+    documents: str | None = None,
+    text_field: str = "text",
     tokenizer: str | None = None,
     seq_len: int = 256,
     batch_size: int = 4,
@@ -75,6 +84,14 @@ def analyze(
         data: folder of prepared litdata shards (with train/ and val/, or one split).
         split: which split of data to read.
         text: a UTF-8 text file to tokenize instead of shards (needs tokenizer).
+        documents: per-document mode, the way encoders are used: a .jsonl (one
+            document per line, field ``text_field``) or .txt (one per non-empty
+            line) file, also compressed. Each document is its own sequence with
+            the model's special tokens (e.g. [CLS] ... [SEP]), cut at the model's
+            max_position_embeddings (else seq_len; cuts are counted and reported),
+            padded to the batch's longest; padding is masked out of Psi. Losses
+            are not measured. Without it, causal LMs read packed blocks.
+        text_field: the JSON field holding a document's text (with documents).
         tokenizer: tokenizer.json or a local HF tokenizer folder for text
             (default: the model folder when it holds one).
         seq_len: tokens per sequence.
@@ -108,6 +125,12 @@ def analyze(
             raise ValueError(f"analyze: --{name} must be >= 1, got {value}")
     if stage not in ("val", "train"):
         raise ValueError(f"analyze: --stage must be val or train, got {stage!r}")
+    if documents is not None and (data is not None or text is not None):
+        raise ValueError(
+            "analyze: --documents reads its own file; pass it without --data and --text"
+        )
+    if documents is not None:
+        documents_format(documents)
     sources = [classify(path, names[index] if names else None) for index, path in enumerate(inputs)]
     analysis: dict = {
         "settings": {
@@ -115,6 +138,7 @@ def analyze(
             "data": data,
             "split": split if data else None,
             "text": text,
+            "documents": documents,
             "seq_len": seq_len,
             "batch_size": batch_size,
             "max_batches": max_batches,
@@ -126,7 +150,18 @@ def analyze(
     }
     torch_dtype = _DTYPES[dtype]
 
-    def batches(source: Source, vocab_size: int | None):
+    def batches(source: Source, model, counts: DocumentCounts | None):
+        vocab_size = getattr(model.config, "vocab_size", None)
+        if counts is not None:
+            return document_batches(
+                documents,
+                document_tokenizer(source),
+                counts.max_length,
+                batch_size,
+                max_batches,
+                counts,
+                text_field,
+            )
         if data is not None:
             known = shard_vocab_size(Path(data))
             if known is not None and vocab_size is not None and known > vocab_size:
@@ -143,17 +178,36 @@ def analyze(
             )
         return text_batches(text, load_encoder(tokenizer_path), seq_len, batch_size, max_batches)
 
+    def document_tokenizer(source: Source):
+        path = tokenizer or (str(source.path) if source.kind == "hf" else None)
+        if path is None:
+            raise ValueError(
+                f"analyze: {source.name} needs a tokenizer for --documents; pass --tokenizer "
+                "a tokenizer.json or a model folder that holds one"
+            )
+        return load_tokenizer(path)[0]
+
     def measure(model, source: Source, label: str, step: int | None) -> dict:
-        vocab = getattr(model.config, "vocab_size", None)
+        counts = None
+        if documents is not None:
+            longest = getattr(model.config, "max_position_embeddings", None)
+            counts = DocumentCounts(longest if isinstance(longest, int) else seq_len)
         report = measure_model(
             model.to(device),
-            batches(source, vocab),
+            batches(source, model, counts),
             early_exit=early_exit,
             skip_blocks=skip_blocks,
             progress=progress,
             description=label,
             total=max_batches,
         )
+        if counts is not None:
+            report["documents"] = counts.as_dict()
+            if counts.truncated_documents:
+                print(
+                    f"{label}: {counts.truncated_documents} of {counts.documents} documents cut "
+                    f"at {counts.max_length} tokens ({counts.truncated_tokens:,} tokens left out)"
+                )
         return {
             "name": label,
             "source": str(source.path),

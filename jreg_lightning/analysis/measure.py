@@ -22,6 +22,7 @@ from jreg_lightning.analysis.lens import (
     early_exit_loss_sum,
     find_decoder_parts,
 )
+from jreg_lightning.analysis.text import DocumentBatch
 from jreg_lightning.displacement import (
     displacement,
     jump_layer,
@@ -77,8 +78,12 @@ def _skipped(block: nn.Module):
         handle.remove()
 
 
-def _forward(model: nn.Module, input_ids: Tensor, hidden_states: bool):
+def _forward(
+    model: nn.Module, input_ids: Tensor, hidden_states: bool, attention_mask: Tensor | None = None
+):
     kwargs = {"input_ids": input_ids, "output_hidden_states": hidden_states}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
     if getattr(model.config, "use_cache", None) is not None:
         kwargs["use_cache"] = False
     return model(**kwargs)
@@ -86,7 +91,7 @@ def _forward(model: nn.Module, input_ids: Tensor, hidden_states: bool):
 
 def measure_model(
     model: nn.Module,
-    batches: Iterable[Tensor],
+    batches: Iterable[Tensor | DocumentBatch],
     early_exit: bool = True,
     skip_blocks: bool = True,
     progress: bool = True,
@@ -100,7 +105,9 @@ def measure_model(
             the last after the final norm). Losses need an LM head; without one
             (encoders, ``AutoModel``) they are skipped and reported as None.
         batches: ``(batch, seq + 1)`` token tensors; inputs are ``[:, :-1]``,
-            next-token targets ``[:, 1:]``.
+            next-token targets ``[:, 1:]``. Or ``DocumentBatch`` es (one document
+            per row, padded): the whole row is the input, Psi is averaged over
+            the document tokens only, and no loss is measured.
         early_exit: compute the logit-lens loss of every block.
         skip_blocks: compute the loss increase when each block is skipped (L
             extra forwards per batch).
@@ -117,7 +124,8 @@ def measure_model(
     """
     parts: DecoderParts = find_decoder_parts(model)
     num_layers = len(parts.layers)
-    has_head = parts.head is not None
+    head = parts.head is not None
+    has_head = head
     device = next(model.parameters()).device
     psi = torch.zeros(2, num_layers, dtype=torch.float64)  # rows: post_norm, pre_norm
     positions = 0.0
@@ -131,10 +139,15 @@ def measure_model(
         with torch.inference_mode():
             for batch in tqdm(batches, desc=description, total=total, disable=not progress):
                 batch = batch.to(device)
-                inputs, targets = batch[:, :-1], batch[:, 1:]
+                if isinstance(batch, DocumentBatch):
+                    inputs, targets, mask = batch.input_ids, None, batch.attention_mask
+                    has_head = False  # per-document mode measures Psi only
+                else:
+                    inputs, targets, mask = batch[:, :-1], batch[:, 1:], None
+                    has_head = head
                 captured: dict[str, Tensor] = {}
                 with _capture_output(parts.layers[-1], captured):
-                    out = _forward(model, inputs, hidden_states=True)
+                    out = _forward(model, inputs, hidden_states=True, attention_mask=mask)
                 states = list(out.hidden_states)
                 if len(states) != num_layers + 1:
                     raise ValueError(
@@ -144,14 +157,14 @@ def measure_model(
                 pre_norm_last = captured["out"] if parts.final_norm is not None else states[-1]
                 for index in range(num_layers):
                     post, count = masked_sum_and_count(
-                        displacement(states[index], states[index + 1]), None
+                        displacement(states[index], states[index + 1]), mask
                     )
                     psi[0, index] += float(post)
                     if index < num_layers - 1:
                         psi[1, index] += float(post)
                     else:
                         pre, _ = masked_sum_and_count(
-                            displacement(states[index], pre_norm_last), None
+                            displacement(states[index], pre_norm_last), mask
                         )
                         psi[1, index] += float(pre)
                 positions += float(count)
