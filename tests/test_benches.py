@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -63,3 +64,27 @@ def test_step_times_skip_the_first_interval(tmp_path):
     metrics = tmp_path / "metrics.csv"
     metrics.write_text("iter,time\n5,10.0\n10,11.0\n15,13.0\n20,14.5\n")
     assert bench.step_times(metrics, "time", "iter") == pytest.approx([0.4, 0.3])
+
+
+def test_big_corpus_bench_prepares_a_tiny_synthetic_corpus(tmp_path, capsys):
+    bench = _load("data_throughput")
+    info = bench.write_corpus(tmp_path / "corpus", 0.05)
+    again = bench.write_corpus(tmp_path / "again", 0.05)
+    assert info["documents"] == again["documents"] > 5 and info["bytes"] >= 0.05 * 2**20
+    assert [Path(f).read_bytes() for f in info["files"]] == [
+        Path(f).read_bytes() for f in again["files"]
+    ]
+    settings = {
+        "inputs": str(tmp_path / "corpus" / "*.jsonl.zst"),
+        "output_dir": str(tmp_path / "shards"),
+        "vocab_size": 300,
+        "bpe_sample_bytes": 10_000,
+        "seq_len": 32,
+        "num_workers": 1,
+    }
+    bench.main(["--prepare-once", json.dumps(settings)])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["tokens"] > 0 and result["seconds"] > 0
+    assert result["rss_main_mib"] > 0 and result["rss_worker_mib"] > 0
+    # The BPE sample is bounded by bpe_sample_bytes (every n-th document, whole documents).
+    assert 0 < result["bpe_sample"]["characters"] <= 10_000

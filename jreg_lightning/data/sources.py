@@ -82,26 +82,31 @@ class _ZstdReader(io.RawIOBase):
         self._zstd = zstandard
         self._raw = raw
         self._decoder = zstandard.ZstdDecompressor().decompressobj()
+        # Decompressed bytes not yet read, from _offset on: an offset, not a re-slice,
+        # so that each 8 KiB read does not copy the rest (30x slower on 16 MB).
         self._pending = b""
+        self._offset = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        while not self._pending:
-            compressed = self._raw.read(1 << 20)
+        while self._offset == len(self._pending):
+            compressed = self._raw.read(1 << 18)
             if not compressed:
                 if not self._decoder.eof:
                     raise EOFError("the zstd stream ends inside a frame")
                 return 0
+            pieces = []
             while compressed:
                 if self._decoder.eof:  # a new frame follows the finished one
                     self._decoder = self._zstd.ZstdDecompressor().decompressobj()
-                self._pending += self._decoder.decompress(compressed)
+                pieces.append(self._decoder.decompress(compressed))
                 compressed = self._decoder.unused_data if self._decoder.eof else b""
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
+            self._pending, self._offset = b"".join(pieces), 0
+        size = min(len(buffer), len(self._pending) - self._offset)
+        buffer[:size] = memoryview(self._pending)[self._offset : self._offset + size]
+        self._offset += size
         return size
 
 
@@ -138,6 +143,10 @@ class DocumentRange:
         first_index: global number of the first non-empty document in the range.
         num_documents: non-empty documents in the range.
         keep: global numbers to keep (``None``: all of the range).
+        skip: global numbers to leave out. The training side of a range names
+            the few validation documents it skips rather than the many it keeps,
+            so that its memory does not grow with the corpus (a 10M-document
+            compressed file is one range).
     """
 
     path: str
@@ -148,6 +157,7 @@ class DocumentRange:
     first_index: int
     num_documents: int
     keep: frozenset[int] | None = None
+    skip: frozenset[int] = frozenset()
 
     def select(self, indices: Sequence[int], inside: bool) -> DocumentRange | None:
         """This range kept to documents in (or not in) sorted ``indices``; ``None`` if empty."""
@@ -156,12 +166,6 @@ class DocumentRange:
         count = len(mine) if inside else self.num_documents - len(mine)
         if count == 0:
             return None
-        if inside:
-            keep = frozenset(mine)
-        elif mine:
-            keep = frozenset(range(self.first_index, self.first_index + self.num_documents)) - mine
-        else:
-            keep = None
         return DocumentRange(
             self.path,
             self.kind,
@@ -170,7 +174,8 @@ class DocumentRange:
             self.length,
             self.first_index,
             self.num_documents,
-            keep,
+            keep=frozenset(mine) if inside else None,
+            skip=frozenset() if inside else frozenset(mine),
         )
 
 
@@ -348,7 +353,7 @@ def read_documents(rng: DocumentRange) -> Iterator[tuple[int, str]]:
     for text in _documents(rng):
         if not text or not text.strip():
             continue
-        if rng.keep is None or index in rng.keep:
+        if (rng.keep is None or index in rng.keep) and index not in rng.skip:
             yield index, text
         index += 1
 
