@@ -35,6 +35,7 @@ def test_study_corpus_is_the_standard_library_source(tmp_path):
 
 
 def test_shipped_demo_file_is_the_study_model_shortened():
+    from jreg_lightning.study.runner import run_config
     from jreg_lightning.study.spec import load_study
 
     demo, study = (
@@ -47,7 +48,11 @@ def test_shipped_demo_file_is_the_study_model_shortened():
         "trainer.max_steps",
         "trainer.val_check_interval",
         "trainer.limit_val_batches",
+        "trainer.callbacks.0.init_args.save_top_k",
     }
+    config = run_config(demo, demo.runs[0])
+    assert config["trainer"]["callbacks"][0]["class_path"].endswith("ModelCheckpoint")
+    assert config["trainer"]["callbacks"][0]["init_args"]["save_top_k"] == 0
 
 
 @pytest.mark.slow

@@ -36,11 +36,15 @@ def run_dir(spec: StudySpec, run: RunSpec) -> Path:
 
 
 def _set_dotted(config: dict, key: str, value) -> None:
+    """``config[a][b][c] = value`` for ``key = "a.b.c"``; a number indexes a list."""
     node = config
     parts = key.split(".")
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
 
 
 def run_config(spec: StudySpec, run: RunSpec, overrides: dict | None = None) -> dict:
