@@ -118,3 +118,18 @@ def test_run_metrics_reads_the_profile():
     assert metrics["psi_L"] == 0.03 and metrics["psi_middle"] == pytest.approx(0.01)
     assert metrics["early_exit_middle"] == 6.5  # after block L/2 = 2
     assert metrics["spread_max_over_mean"] == pytest.approx(0.03 / (0.05 / 3))
+
+
+def test_readme_section_between_the_markers_is_replaced(tmp_path):
+    from jreg_lightning.study.report import update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\nrest\n")
+    update_readme(readme, "new line  \n![p](docs/results/p.png)")
+    assert readme.read_text() == (
+        "# title\n\n<!-- results:start -->\nnew line  \n![p](docs/results/p.png)\n"
+        "<!-- results:end -->\n\nrest\n"
+    )
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="has no <!-- results:start -->"):
+        update_readme(readme, "x")

@@ -56,6 +56,7 @@ def quick_spec(spec: StudySpec) -> StudySpec:
         best=jreg,
         output_dir=output,
         report_dir=output / "report",
+        readme=None,
     )
 
 
@@ -73,7 +74,8 @@ def study(
         runs: train only these runs (the report still uses every finished run).
         report_only: write the report from the finished runs, train nothing.
         quick: a plumbing check: a baseline and one JREG run of a few steps, in
-            ``<output_dir>_quick``, with its report there (not in ``report_dir``).
+            ``<output_dir>_quick``, with its report there (not in ``report_dir``; the
+            README is left alone).
 
     Returns:
         The paths of the report's files.

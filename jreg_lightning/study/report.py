@@ -292,7 +292,53 @@ def write_report(spec: StudySpec, results: dict[str, dict], command: str) -> lis
     markdown = report_dir / "results.md"
     markdown.write_text(_markdown(spec, summary, order, metrics, stats, deltas, pictures))
     written.append(markdown)
+    if spec.readme is not None:
+        written.append(update_readme(spec.readme, readme_summary(spec, summary, metrics, stats)))
     return written
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def readme_summary(spec: StudySpec, summary: dict, metrics: dict, stats: dict) -> str:
+    """Three lines and a picture for the README, from the same numbers as the report."""
+    setup = summary["setup"]
+    model = setup["model"]
+    base_j, base_loss = stats["J"], stats["loss"]
+    lines = [
+        f"CPU study ({model['num_layers']} blocks, d={model['hidden_size']}, "
+        f"{setup['tokens_per_run']:,} tokens a run, {len(summary['baselines'])} baseline seeds; "
+        f"[docs/results.md](docs/results.md)): baseline J = {base_j['mean']:.2f} "
+        f"± {base_j['spread']:.2f} (a jump is J > {JUMP_THRESHOLD:g}), "
+        f"validation loss {base_loss['mean']:.3f} ± {base_loss['spread']:.3f}.",
+    ]
+    best = summary.get("best")
+    if best:
+        m = metrics[best]
+        lines.append(
+            f"Best JREG run `{best}`: J {m['J']:.2f} ({_relative(m['J'], base_j['mean']):+.0%}), "
+            f"Psi_L {m['psi_L']:.5f} against {stats['psi_L']['mean']:.5f}, validation loss "
+            f"{m['loss']:.3f} ({m['loss'] - base_loss['mean']:+.3f})."
+        )
+    lines.append(summary["verdict"][0])
+    figure = (
+        f"![baseline vs JREG]({spec.report_dir.as_posix()}/results/profile_baseline_vs_best.png)"
+    )
+    return "\n".join([*(f"{line}  " for line in lines), "", figure])
+
+
+def update_readme(readme: Path, text: str) -> Path:
+    """Replace what stands between the README's results markers with ``text``."""
+    content = readme.read_text()
+    if README_START not in content or README_END not in content:
+        raise ValueError(
+            f"study: {readme} has no {README_START} / {README_END} markers; add them where "
+            "the results summary belongs, or drop 'readme' from the study file"
+        )
+    head, rest = content.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_START}\n{text}\n{README_END}{tail}")
+    return readme
 
 
 def _nan_safe(value):

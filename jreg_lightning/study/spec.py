@@ -83,6 +83,7 @@ class StudySpec:
     title: str = "JREG study"
     notes: list[str] = field(default_factory=list)
     overrides: dict = field(default_factory=dict)
+    readme: Path | None = None
 
     def run(self, name: str) -> RunSpec:
         """The run called ``name``."""
@@ -144,4 +145,5 @@ def load_study(path: str | Path) -> StudySpec:
         title=str(settings.get("title", "JREG study")),
         notes=[str(note) for note in settings.get("notes") or []],
         overrides=dict(settings.get("overrides") or {}),
+        readme=Path(settings["readme"]) if settings.get("readme") else None,
     )
