@@ -96,7 +96,7 @@ def verdict(spec: StudySpec, metrics: dict[str, dict], stats: dict, learning: di
     j_values = ", ".join(f"{v:.2f}" for v in base_j["values"])
     lines.append(
         f"The baseline {'shows' if jumps else 'does not show'} the jump: J = {j_values} on "
-        f"{len(spec.baselines)} seeds (threshold {JUMP_THRESHOLD:g}), and its validation loss "
+        f"{len(spec.baselines)} seed(s) (threshold {JUMP_THRESHOLD:g}), and its validation loss "
         f"{'was still falling' if learning_all else 'had stopped falling'} at the last validation."
     )
     loss_spread = stats["loss"]["spread"]
@@ -189,6 +189,7 @@ def _setup(spec: StudySpec, results: dict[str, dict]) -> dict:
         "seq_len": base["data"]["seq_len"],
         "batch_size": base["data"]["batch_size"],
         "steps": any_result["steps"],
+        "val_batches": base["trainer"].get("limit_val_batches"),
         "tokens_per_run": any_result["tokens"],
         "corpus": spec.data.corpus,
         "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),
@@ -350,6 +351,7 @@ def _markdown(spec, summary, order, metrics, stats, deltas, pictures: Path) -> s
     model = setup["model"]
     optim = setup["optim"]
     rel = pictures.name
+    val_tokens = setup["val_batches"] * setup["batch_size"] * setup["seq_len"]
     out = [
         f"# {spec.title}",
         "",
@@ -381,9 +383,10 @@ def _markdown(spec, summary, order, metrics, stats, deltas, pictures: Path) -> s
             f"{name} {seconds / 60:.0f} min" for name, seconds in setup["fit_seconds"].items()
         )
         + ".",
-        "- Numbers are the final validation of each run's last checkpoint over the whole "
-        "validation split (post-norm final state unless the run says pre_norm); J vs step comes "
-        "from the validations logged during training.",
+        f"- Numbers are the final validation of each run's last checkpoint on the first "
+        f"{setup['val_batches']} validation batches ({val_tokens:,} tokens, the same batches for "
+        "every run; post-norm final state unless the run says pre_norm); J vs step comes from "
+        "the validations logged during training, on the same batches.",
         "",
         f"Reproduce: `{summary['command']}` (finished runs are skipped; a killed run resumes "
         "from its last checkpoint).",
