@@ -1,14 +1,18 @@
 """Tokens/s, FLOPs/s and MFU of a real ``cli.py fit`` run, as its throughput monitor logs them.
 
     .venv/bin/python bench/fit_throughput.py --config configs/tiny_jreg.yaml
-    .venv/bin/python bench/fit_throughput.py --config configs/llama_1b_jreg.yaml --gpu --batch 4
+    .venv/bin/python bench/fit_throughput.py --config configs/llama_1b_jreg.yaml --gpu --batch 4 \
+        --set model.parallel.compile=false
 
-Writes random-token shards of the config's vocabulary and sequence length
-into a temporary folder (or ``--data``), runs ``--steps`` optimizer steps of
-the config with checkpointing and validation off, and prints the last
-window of ``jreg_lightning.throughput.TokenThroughputMonitor``: tokens/s,
-FLOPs/s (matrix products, from ``measure_flops`` on a meta copy) and, on a
-GPU, MFU against the device's peak from Lightning's table.
+The config is parsed as ``cli.py fit`` parses it (includes, ``--set`` overrides as
+``--key=value`` flags). Writes random-token shards of its vocabulary and sequence
+length into a temporary folder (or ``--data``), runs ``--steps`` optimizer steps
+on ONE device (``strategy: auto``, so no FSDP2 even for the GPU configs; give
+``--set trainer.strategy=...`` to time another) with checkpointing and validation
+off, and prints the last window of ``jreg_lightning.throughput.TokenThroughputMonitor``:
+tokens/s, FLOPs/s (matrix products, from ``measure_flops`` on a meta copy), MFU
+against the device's peak (Lightning's table of GPUs, or ``--peak-tflops``) and,
+on a GPU, the peak memory allocated.
 """
 
 from __future__ import annotations
@@ -50,7 +54,9 @@ def write_shards(out_dir: Path, vocab: int, seq: int, sequences: int) -> None:
         )
 
 
-def timed_trainer(out_dir: Path, steps: int, log_every: int, window_size: int) -> dict:
+def timed_trainer(
+    out_dir: Path, steps: int, log_every: int, window_size: int, peak_flops: float | None = None
+) -> dict:
     """``trainer`` overrides of a timed fit: CSV logs and the throughput monitor, nothing else.
 
     No validation, checkpoints or progress bar, so the logged training time is the steps'.
@@ -71,7 +77,7 @@ def timed_trainer(out_dir: Path, steps: int, log_every: int, window_size: int) -
         "callbacks": [
             {
                 "class_path": "jreg_lightning.throughput.TokenThroughputMonitor",
-                "init_args": {"window_size": window_size},
+                "init_args": {"window_size": window_size, "peak_flops": peak_flops},
             }
         ],
     }
@@ -87,50 +93,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpu", action="store_true", help="one GPU in bf16-mixed")
     parser.add_argument("--data", help="shards folder (written there if missing)")
     parser.add_argument(
-        "--set", nargs="*", default=[], help="more overrides, e.g. model.parallel.compile=true"
+        "--peak-tflops", type=float, help="device peak TFLOP/s for MFU (default: Lightning's)"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        help="more cli.py fit overrides, KEY=VALUE, e.g. model.parallel.compile=false",
     )
     return parser.parse_args(argv)
 
 
-def _nested(key: str, value) -> dict:
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    return value
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    config = yaml.safe_load((ROOT / args.config).read_text())
-    vocab = config["model"]["llama"]["vocab_size"]
-    seq = args.seq or config["data"]["seq_len"]
-    batch = args.batch or config["data"]["batch_size"]
-    work = Path(tempfile.mkdtemp(prefix="fit_throughput_"))
-    data = Path(args.data) if args.data else work / "shards"
-    if not (data / "train").exists():
-        write_shards(data, vocab, seq, batch * (args.steps + 4))
-    override = {
-        "trainer": timed_trainer(work, args.steps, args.log_every, window_size=3),
-        "data": {"data_dir": str(data), "seq_len": seq, "batch_size": batch, "num_workers": 0},
-    }
-    if args.gpu:
-        override["trainer"].update(accelerator="gpu", devices=1, precision="bf16-mixed")
-    else:
-        override["trainer"].update(accelerator="cpu", devices=1)
-    extra = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        extra = _merge(extra, _nested(key, yaml.safe_load(value)))
-    (work / "override.yaml").write_text(yaml.safe_dump(override))
-    (work / "extra.yaml").write_text(yaml.safe_dump(extra or {}))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
     from jreg_lightning.cli import main as cli_main
+    from jreg_lightning.plan import read_run_config
 
-    cli_args = ["fit", "--config", args.config, "--config", str(work / "override.yaml")]
-    if extra:
-        cli_args += ["--config", str(work / "extra.yaml")]
-    cli_main(cli_args)
+    for item in args.set:
+        if "=" not in item:
+            raise SystemExit(f"fit_throughput: --set {item!r} is not KEY=VALUE")
+    flags = [f"--{item}" for item in args.set]
+    flags += [f"--data.seq_len={args.seq}"] if args.seq else []
+    flags += [f"--data.batch_size={args.batch}"] if args.batch else []
+    config = read_run_config(args.config, flags)
+    vocab, seq, batch = config.model.llama.vocab_size, config.data.seq_len, config.data.batch_size
+    work = Path(tempfile.mkdtemp(prefix="fit_throughput_"))
+    data = Path(args.data) if args.data else work / "shards"
+    if not (data / "train").exists():
+        write_shards(data, vocab, seq, batch * (args.steps + 4))
+    peak_flops = args.peak_tflops * 1e12 if args.peak_tflops else None
+    override = {
+        "trainer": timed_trainer(work, args.steps, args.log_every, 3, peak_flops),
+        "data": {"data_dir": str(data), "num_workers": 0},
+    }
+    # One device: the GPU configs' FSDP2 strategy gives way to Lightning's single device.
+    override["trainer"].update(devices=1, strategy="auto")
+    if args.gpu:
+        override["trainer"].update(accelerator="gpu", precision="bf16-mixed")
+    else:
+        override["trainer"].update(accelerator="cpu")
+    (work / "override.yaml").write_text(yaml.safe_dump(override))
+    cli_main(["fit", "--config", args.config, "--config", str(work / "override.yaml"), *flags])
     metrics = next(work.glob("logs/version_*/metrics.csv"))
     last = {}
     with open(metrics) as handle:
@@ -139,20 +145,17 @@ def main(argv: list[str] | None = None) -> None:
     tokens = float(last.get("train/device/tokens_per_sec", "nan"))
     flops = float(last.get("train/device/flops_per_sec", "nan"))
     mfu = last.get("train/device/mfu")
+    memory = ""
+    if args.gpu:
+        import torch
+
+        memory = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
     print(
         f"fit_throughput: {args.config} batch={batch}x{seq} gpu={args.gpu} {' '.join(args.set)}: "
         f"{tokens:.0f} tokens/s, {flops / 1e12:.3f} TFLOP/s"
         + (f", MFU {float(mfu):.3f}" if mfu else ", MFU n/a (no known peak)")
+        + memory
     )
-
-
-def _merge(base: dict, more: dict) -> dict:
-    for key, value in more.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 if __name__ == "__main__":

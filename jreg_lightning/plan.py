@@ -1,8 +1,9 @@
 """``cli.py plan``: what a training run will be, before it starts.
 
-    python cli.py plan --run_config configs/llama_1b_jreg.yaml --num_nodes 4
+    python cli.py plan --config configs/llama_1b_jreg.yaml --trainer.num_nodes 4
 
-The run config is parsed exactly as ``cli.py fit`` parses it; the model is built
+The run config is parsed exactly as ``cli.py fit`` parses it, with the same
+``--trainer.*``, ``--model.*`` and ``--data.*`` overrides; the model is built
 on the meta device to count its parameters. Memory per GPU under FSDP2
 (``ModelParallelStrategy``, every parameter sharded over the world size):
 
@@ -22,10 +23,13 @@ with FSDP2 runs on CPU.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import torch
@@ -252,13 +256,21 @@ def make_plan(
     )
 
 
-def read_run_config(path: str, num_nodes: int | None = None):
-    """``path`` parsed as ``cli.py fit --config path`` parses it (includes, overlays)."""
+def read_run_config(path: str, overrides: Sequence[str] = ()):
+    """``path`` parsed as ``cli.py fit --config path OVERRIDES`` parses it (includes, overlays).
+
+    Args:
+        path: the run config, e.g. ``configs/llama_1b_jreg.yaml``.
+        overrides: more ``cli.py fit`` arguments, e.g. ``["--trainer.num_nodes=4"]``.
+
+    Returns:
+        The parsed config (a jsonargparse ``Namespace``), no class instantiated.
+    """
     from jreg_lightning.cli import JregCLI
 
     if not Path(path).is_file():
         raise ConfigError(
-            f"plan: run_config {path} not found; pass a file such as configs/llama_1b_jreg.yaml"
+            f"plan: config {path} not found; pass a file such as configs/llama_1b_jreg.yaml"
         )
 
     class ParseOnlyCLI(JregCLI):
@@ -266,22 +278,46 @@ def read_run_config(path: str, num_nodes: int | None = None):
             pass
 
     # seed_everything false: parsing only, so no "Seed set" line.
-    args = ["--config", path, "--seed_everything", "false"]
-    if num_nodes is not None:
-        args += ["--trainer.num_nodes", str(num_nodes)]
+    args = ["--config", path, *overrides, "--seed_everything", "false"]
     # LightningCLI warns when both args and a non-empty sys.argv are present.
     with mock.patch.object(sys, "argv", [sys.argv[0]]):
         return ParseOnlyCLI(args=args, run=False).config
+
+
+def override_args(**sections: dict[str, Any] | None) -> list[str]:
+    """``trainer={"num_nodes": 4}`` -> ``["--trainer.num_nodes=4"]``, for ``read_run_config``.
+
+    Keys may be dotted (``model={"parallel.compile": False}``); values are written as
+    JSON, which the config parser reads back as the same value.
+    """
+    return [
+        f"--{section}.{key}={json.dumps(value)}"
+        for section, values in sections.items()
+        for key, value in (values or {}).items()
+    ]
 
 
 def _fields(namespace) -> dict:
     return {k: v for k, v in vars(namespace).items() if k != "__path__"}
 
 
+def _devices_per_node(devices, default: int) -> int:
+    """The config's ``trainer.devices`` as a count: a number as is, ``auto`` -> ``default``."""
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, str) and devices.isdigit() and int(devices) > 0:
+        return int(devices)
+    if isinstance(devices, list | tuple) and devices:
+        return len(devices)
+    return default
+
+
 def plan(
-    run_config: str,
-    num_nodes: int | None = None,
-    devices_per_node: int = 8,
+    config_file: str,
+    trainer: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    devices_per_node: int | None = None,
     gpu_memory_gib: float = 80.0,
     peak_tflops: float = 989.0,
     mfu: float = 0.4,
@@ -289,12 +325,16 @@ def plan(
     activation_checkpointing: bool | None = None,
     reserve_gib: float = 2.0,
 ) -> dict:
-    """Print what ``cli.py fit --config RUN_CONFIG`` will be on this many GPUs; start nothing.
+    """Print what ``cli.py fit --config CONFIG [overrides]`` will be; start nothing.
 
     Args:
-        run_config: the training config, e.g. ``configs/llama_1b_jreg.yaml``.
-        num_nodes: nodes of the run (default: the config's ``trainer.num_nodes``).
-        devices_per_node: GPUs per node (the config's ``devices: auto`` takes them all).
+        config_file: the training config, e.g. ``configs/llama_1b_jreg.yaml`` (``--config``).
+        trainer: overrides of the config's trainer, as for ``fit``: ``--trainer.num_nodes 4``
+            (nodes of the run; default the config's), ``--trainer.devices 4``.
+        model: overrides of the model, e.g. ``--model.parallel.activation_checkpointing true``.
+        data: overrides of the data, e.g. ``--data.batch_size 4``.
+        devices_per_node: GPUs per node when ``trainer.devices`` is ``auto`` (default 8);
+            given, it replaces the config's count.
         gpu_memory_gib: memory of one GPU, to say whether the run fits.
         peak_tflops: dense bf16 peak of one GPU (989 for an H100 SXM, 312 for an A100).
         mfu: model FLOPs utilisation assumed for the wall time (0.3-0.5 is typical).
@@ -305,29 +345,30 @@ def plan(
     Returns:
         The plan as a dict (also printed as a table).
     """
-    config = read_run_config(run_config, num_nodes)
-    trainer, data = config.trainer, config.data
+    config = read_run_config(config_file, override_args(trainer=trainer, model=model, data=data))
+    run_trainer, run_data = config.trainer, config.data
     llama = LlamaModelConfig(**_fields(config.model.llama))
     parallel = ParallelConfig(**_fields(config.model.parallel))
-    nodes = trainer.num_nodes if num_nodes is None else num_nodes
-    accumulate = trainer.accumulate_grad_batches or 1
-    batch_size = data.batch_size
+    nodes = run_trainer.num_nodes
+    devices = devices_per_node or _devices_per_node(run_trainer.devices, default=8)
+    accumulate = run_trainer.accumulate_grad_batches or 1
+    batch_size = run_data.batch_size
     if config.get("global_batch_size"):
         from jreg_lightning.preflight import per_device_batch_size
 
         batch_size = per_device_batch_size(
-            batch_size, config.global_batch_size, nodes * devices_per_node, accumulate
+            batch_size, config.global_batch_size, nodes * devices, accumulate
         )
     result = make_plan(
         llama,
         parallel,
-        config=run_config,
+        config=config_file,
         num_nodes=nodes,
-        devices_per_node=devices_per_node,
+        devices_per_node=devices,
         batch_size=batch_size,
         accumulate_grad_batches=accumulate,
-        seq_len=data.seq_len,
-        max_steps=trainer.max_steps,
+        seq_len=run_data.seq_len,
+        max_steps=run_trainer.max_steps,
         activation_checkpointing=activation_checkpointing,
         gpu_memory_gib=gpu_memory_gib,
         reserve_gib=reserve_gib,

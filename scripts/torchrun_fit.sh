@@ -13,6 +13,9 @@
 # The trainer's devices and num_nodes are set from these numbers, so they match the
 # processes torchrun starts; FSDP2 shards over all of them by itself. DDP instead:
 #   STRATEGY=configs/strategy/ddp.yaml scripts/torchrun_fit.sh configs/llama_1b_jreg.yaml
+# Two "nodes" of one CPU process each on this machine (tests/test_multinode.py does this):
+#   GPUS_PER_NODE=1 NNODES=2 NODE_RANK=0 STRATEGY=configs/strategy/fsdp_cpu.yaml \
+#     scripts/torchrun_fit.sh configs/tiny_jreg.yaml --data.data_dir DIR   # and NODE_RANK=1
 set -euo pipefail
 
 CONFIG=${1:?usage: scripts/torchrun_fit.sh CONFIG [cli.py fit arguments...]}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import yaml
 
 from tests.conftest import TINY_LLAMA
@@ -61,3 +64,40 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
+
+
+def logged_metric(metrics_csv: Path, key: str) -> dict[int, float]:
+    """``{step: value}`` of one column of a CSVLogger ``metrics.csv`` (rows that have it)."""
+    rows = csv.DictReader(metrics_csv.open())
+    return {int(row["step"]): float(row[key]) for row in rows if row.get(key)}
+
+
+class RankMetricsRecorder(L.Callback):
+    """Writes each rank's logged metrics per step to ``out_dir/rank{R}.json``.
+
+    The CSV logger writes rank 0's values only; this shows what every rank logged.
+    Keys ``{stage}{global_step}`` (``"train4"``, ``"val8"``); a metric is kept when
+    it starts with the stage and contains one of ``match``.
+    """
+
+    def __init__(self, out_dir: str, match: list[str] | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.match = ["/psi/", "/jump"] if match is None else match
+        self.by_step: dict[str, dict[str, float]] = {}
+
+    def _record(self, trainer: L.Trainer, stage: str) -> None:
+        values = {
+            key: float(value)
+            for key, value in trainer.callback_metrics.items()
+            if key.startswith(stage) and any(part in key for part in self.match)
+        }
+        self.by_step.setdefault(f"{stage}{trainer.global_step}", {}).update(values)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"rank{trainer.global_rank}.json"
+        path.write_text(json.dumps(self.by_step, sort_keys=True))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._record(trainer, "train")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._record(trainer, "val")

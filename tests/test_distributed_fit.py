@@ -2,45 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import yaml
 
 from jreg_lightning.checkpoints import is_distributed_checkpoint, load_full_state_dict
 from jreg_lightning.module import JregLightningModule
-from tests.cli_run import run_cli, tiny_override
+from tests.cli_run import logged_metric, run_cli, tiny_override
 from tests.conftest import TINY_LLAMA
 from tests.shards import write_token_shards
-
-
-class RankMetricsRecorder(L.Callback):
-    """Writes each rank's logged profile metrics (``*/psi/*``, ``*/jump*``) per step to JSON."""
-
-    def __init__(self, out_dir: str) -> None:
-        self.out_dir = Path(out_dir)
-        self.by_step: dict[str, dict[str, float]] = {}
-
-    def _record(self, trainer: L.Trainer, stage: str) -> None:
-        values = {
-            key: float(value)
-            for key, value in trainer.callback_metrics.items()
-            if key.startswith(stage) and ("/psi/" in key or "/jump" in key)
-        }
-        self.by_step.setdefault(f"{stage}{trainer.global_step}", {}).update(values)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / f"rank{trainer.global_rank}.json"
-        path.write_text(json.dumps(self.by_step, sort_keys=True))
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._record(trainer, "train")
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        self._record(trainer, "val")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +43,7 @@ def _fit(
         },
     }
     recorder = {
-        "class_path": "tests.test_distributed_fit.RankMetricsRecorder",
+        "class_path": "tests.cli_run.RankMetricsRecorder",
         "init_args": {"out_dir": str(run_dir / f"ranks_{command}_{max_steps}")},
     }
     override = tiny_override(
@@ -88,11 +61,6 @@ def _fit(
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
 
-def _logged(metrics_csv: Path, key: str) -> dict[int, float]:
-    rows = csv.DictReader(metrics_csv.open())
-    return {int(row["step"]): float(row[key]) for row in rows if row.get(key)}
-
-
 def _checkpoint_step(path: Path) -> int:
     meta = path / "meta.pt" if path.is_dir() else path
     return torch.load(meta, map_location="cpu", weights_only=True)["global_step"]
@@ -104,7 +72,7 @@ def test_two_process_fit_validates_checkpoints_and_resumes(strategy, repeated_sh
     run_dir = tmp_path / strategy
     _fit(run_dir, repeated_shards, strategy, max_steps=8)
 
-    ce = _logged(run_dir / "logs" / "version_0" / "metrics.csv", "train/ce")
+    ce = logged_metric(run_dir / "logs" / "version_0" / "metrics.csv", "train/ce")
     assert sorted(ce) == list(range(8))
     # Steps 5-7 revisit the blocks of steps 0-2 (second epoch).
     assert sum(ce[s] for s in (5, 6, 7)) < sum(ce[s] for s in (0, 1, 2)) - 1.0, ce
@@ -127,13 +95,14 @@ def test_two_process_fit_validates_checkpoints_and_resumes(strategy, repeated_sh
     if strategy == "fsdp_cpu":  # (single-file checkpoints: the lead's end-to-end test)
         # validate from the sharded folder alone: the weights come back exactly.
         _fit(run_dir, repeated_shards, strategy, max_steps=8, ckpt_path=last, command="validate")
-        fit_val = _logged(run_dir / "logs" / "version_0" / "metrics.csv", "val/loss")[7]
-        (validated,) = _logged(run_dir / "logs" / "version_1" / "metrics.csv", "val/loss").values()
+        logs = run_dir / "logs"
+        fit_val = logged_metric(logs / "version_0" / "metrics.csv", "val/loss")[7]
+        (validated,) = logged_metric(logs / "version_1" / "metrics.csv", "val/loss").values()
         assert validated == pytest.approx(fit_val, rel=1e-6)
 
     _fit(run_dir, repeated_shards, strategy, max_steps=10, ckpt_path=last)
     newest = max((run_dir / "logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-    resumed = _logged(newest / "metrics.csv", "train/ce")
+    resumed = logged_metric(newest / "metrics.csv", "train/ce")
     assert sorted(resumed) == [8, 9]
     assert _checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == 10
 
@@ -144,7 +113,7 @@ def test_two_process_ddp_fit_with_compiled_loss(repeated_shards, tmp_path):
     run_dir = tmp_path / "ddp_compiled"
     compiled = {"parallel": {"compile": True}}
     _fit(run_dir, repeated_shards, "ddp_cpu", max_steps=4, model_override=compiled)
-    ce = _logged(run_dir / "logs" / "version_0" / "metrics.csv", "train/ce")
+    ce = logged_metric(run_dir / "logs" / "version_0" / "metrics.csv", "train/ce")
     assert sorted(ce) == [0, 1, 2, 3] and ce[3] < ce[0], ce
     ranks = [json.loads((run_dir / "ranks_fit_4" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]

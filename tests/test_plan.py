@@ -45,7 +45,7 @@ def test_per_rank_count_pads_each_tensor_as_fsdp2_shards_it():
 
 
 def test_headline_config_plan_counts_the_configs_model(capsys):
-    result = plan("configs/llama_1b_jreg.yaml", num_nodes=4, devices_per_node=8)
+    result = plan("configs/llama_1b_jreg.yaml", trainer={"num_nodes": 4}, devices_per_node=8)
     llama = LlamaModelConfig(
         vocab_size=32000,
         hidden_size=2048,
@@ -77,6 +77,18 @@ def test_num_nodes_defaults_to_the_configs():
     assert plan("configs/llama_300m_jreg.yaml", devices_per_node=4)["world_size"] == 4
 
 
+def test_command_line_takes_fit_overrides(capsys):
+    # The command: the same --trainer.* / --model.* / --data.* flags as fit.
+    main(["plan", "--config", "configs/llama_1b_jreg.yaml", "--trainer.num_nodes", "4"])
+    assert "world size        32 = 4 node(s) x 8 GPUs" in capsys.readouterr().out
+    flags = ["--trainer.devices", "2", "--data.batch_size", "2"]
+    flags += ["--model.parallel.activation_checkpointing", "false"]
+    main(["plan", "--config", "configs/llama_1b_jreg.yaml", *flags])
+    out = capsys.readouterr().out
+    assert "world size        2 = 1 node(s) x 2 GPUs" in out
+    assert "8,192 = 2 x 1 x 2 x 2048" in out and "(checkpointing off)" in out
+
+
 def test_flags_a_config_that_does_not_fit(capsys):
     result = plan(
         "configs/llama_1200m_jreg.yaml", activation_checkpointing=False, gpu_memory_gib=40
@@ -94,8 +106,11 @@ def test_bad_input_is_one_line_naming_the_field(capsys):
     with pytest.raises(ConfigError, match="mfu"):
         make_plan(SMALL, ParallelConfig(), mfu=0)
     with pytest.raises(SystemExit):
-        main(["plan", "--run_config", "configs/nope.yaml"])
-    assert "run_config configs/nope.yaml not found" in capsys.readouterr().err
+        main(["plan", "--config", "configs/nope.yaml"])
+    assert "config configs/nope.yaml not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["plan", "--config", "configs/llama_1b_jreg.yaml", "--trainer.num_nodes", "four"])
+    assert "trainer.num_nodes" in capsys.readouterr().err
 
 
 def _saved_activation_bytes(llama: LlamaModelConfig, batch: int, seq: int, ckpt: bool) -> int:
