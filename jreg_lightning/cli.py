@@ -16,6 +16,7 @@ from jreg_lightning.commands import EXTRA_COMMANDS, run_extra_command
 from jreg_lightning.data.datamodule import TokenShardDataModule
 from jreg_lightning.errors import REPORTED_ERRORS, TRACEBACK_ENV, ConfigError, one_line
 from jreg_lightning.module import JregLightningModule
+from jreg_lightning.profile_report import ProfileReport
 
 # Splits each subcommand reads, for the checks made before it starts.
 SUBCOMMAND_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("val",)}
@@ -29,6 +30,9 @@ class JregCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 1337)
         # The module owns its optimizer and schedule (model.optim); no --optimizer flags.
         kwargs.setdefault("auto_configure_optimizers", False)
+        # validate / test print the per-layer table and write validation_profile.{csv,json}.
+        defaults = kwargs["trainer_defaults"] = dict(kwargs.get("trainer_defaults") or {})
+        defaults["callbacks"] = [*defaults.get("callbacks", []), ProfileReport()]
         # Parse errors raise (main() prints them as one line) instead of a usage wall.
         parser_kwargs = kwargs.setdefault("parser_kwargs", {})
         parser_kwargs.setdefault("exit_on_error", False)

@@ -7,8 +7,7 @@ regularizer. See ``docs`` in the README and method.md for the definitions.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -102,30 +101,70 @@ def masked_sum_and_count(psi: Tensor, mask: Tensor | None) -> tuple[Tensor, Tens
     return (psi * mask).sum(), mask.sum()
 
 
-def layer_profile(hidden_states: Sequence[Tensor], mask: Tensor | None = None) -> Tensor:
-    """Mean displacement of every block: the layer profile (Psi_1 ... Psi_L).
+def layer_sums_and_counts(
+    hidden_states: Sequence[Tensor],
+    mask: Tensor | None = None,
+    known: Mapping[int, Tensor] | None = None,
+    layers: Sequence[int] | None = None,
+    psi: Callable[[Tensor, Tensor], Tensor] = displacement,
+) -> tuple[Tensor, Tensor]:
+    """Psi summed over the counted positions, block by block, and how many positions count.
+
+    The one per-layer loop behind the layer profile, the JREG term, the training
+    and validation metrics and the analysis of a released model. One pair of
+    float32 copies exists at a time.
 
     Args:
         hidden_states: h_0 ... h_L, each ``(batch, seq, hidden)``; h_0 is the
             embedding output and h_l the residual stream after block l.
+        mask: ``(batch, seq)``, 1 at counted positions; None for every position.
+        known: Psi sums already computed over the same positions (e.g. by the JREG
+            term), keyed by 0-based block index; taken as they are.
+        layers: the 0-based blocks to sum, in order; None for all L.
+        psi: the displacement function (e.g. a ``torch.compile``-d ``displacement``).
+
+    Returns:
+        ``(sums, count)``: ``(len(layers),)`` float32 sums, differentiable where the
+        states are, and the float32 scalar count of positions. Sums and counts,
+        never means, so that batches and ranks can be merged exactly.
+    """
+    if len(hidden_states) < 2:
+        raise ValueError(
+            f"layer profile: got {len(hidden_states)} hidden states; pass h_0 ... h_L "
+            "(at least the embeddings and one block output)"
+        )
+    known = known or {}
+    indices = range(len(hidden_states) - 1) if layers is None else layers
+    sums = [
+        known[index]
+        if index in known
+        else masked_sum_and_count(psi(hidden_states[index], hidden_states[index + 1]), mask)[0]
+        for index in indices
+    ]
+    first = hidden_states[0]
+    if mask is None:
+        count = first.new_full((), float(first.shape[0] * first.shape[1]), dtype=torch.float32)
+    else:
+        count = mask.to(device=first.device, dtype=torch.float32).sum()
+    if not sums:
+        return first.new_zeros(0, dtype=torch.float32), count
+    return torch.stack(sums), count
+
+
+def layer_profile(hidden_states: Sequence[Tensor], mask: Tensor | None = None) -> Tensor:
+    """Mean displacement of every block: the layer profile (Psi_1 ... Psi_L).
+
+    Args:
+        hidden_states: h_0 ... h_L, each ``(batch, seq, hidden)``.
         mask: ``(batch, seq)``, 1 at real tokens and 0 at padding; None means
             every position counts.
 
     Returns:
-        ``(L,)`` float32 tensor: the mean of Psi_l over the masked positions.
-        Computed one layer at a time, so at most one pair of float32 copies
-        exists at once.
+        ``(L,)`` float32 tensor: the mean of Psi_l over the masked positions
+        (see ``layer_sums_and_counts``).
     """
-    if len(hidden_states) < 2:
-        raise ValueError(
-            f"layer_profile: got {len(hidden_states)} hidden states; pass h_0 ... h_L "
-            "(at least the embeddings and one block output)"
-        )
-    means = []
-    for h_prev, h_next in itertools.pairwise(hidden_states):
-        total, count = masked_sum_and_count(displacement(h_prev, h_next), mask)
-        means.append(total / count.clamp_min(1.0))
-    return torch.stack(means)
+    sums, count = layer_sums_and_counts(hidden_states, mask)
+    return sums / count.clamp_min(1.0)
 
 
 def _require_layers(profile: Tensor, minimum: int, name: str) -> None:

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from dataclasses import asdict
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
 from transformers.utils.output_capturing import (
     maybe_install_capturing_hooks as install_hidden_state_hooks,
 )
 
-from jreg_lightning.analysis.lens import early_exit_loss_sum
-from jreg_lightning.analysis.validation_report import format_profile_table, write_profile_report
-from jreg_lightning.displacement import displacement, masked_sum_and_count
+from jreg_lightning.displacement import layer_sums_and_counts
+from jreg_lightning.errors import ConfigError
 from jreg_lightning.init import materialize_llama
+from jreg_lightning.losses import (
+    early_exit_loss_sum,
+    next_token_split,
+    perplexity,
+    token_cross_entropy,
+)
 from jreg_lightning.metrics import LayerProfileMetric
 from jreg_lightning.model_config import LlamaModelConfig, build_llama
 from jreg_lightning.nonfinite import NonFiniteGuard, NonFiniteMode
@@ -159,7 +161,7 @@ class JregLightningModule(L.LightningModule):
         break on their one-time installation.
         """
         install_hidden_state_hooks(self.model.model)
-        self._compiled_losses = torch.compile(self._losses_from_states)
+        self._compiled_losses = torch.compile(self.training_losses)
 
     def _data_parallel_mesh(self):
         """The strategy's data-parallel mesh under ``ModelParallelStrategy``, else None."""
@@ -168,7 +170,7 @@ class JregLightningModule(L.LightningModule):
         mesh = self._device_mesh
         names = mesh.mesh_dim_names or ()
         if "tensor_parallel" in names and mesh["tensor_parallel"].size() != 1:
-            raise ValueError(
+            raise ConfigError(
                 "strategy.tensor_parallel_size must be 1: this module shards with FSDP2 only; "
                 "set tensor_parallel_size: 1 and data_parallel_size to the number of GPUs"
             )
@@ -200,12 +202,11 @@ class JregLightningModule(L.LightningModule):
     # -------------------------------------------------------------- training
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         """One step: forward -> CE + lam * sum_l w_l Psi_l; metrics at log steps only."""
-        inputs, targets = batch[:, :-1], batch[:, 1:].long()
         if self._compiled_losses is not None:
             self._ensure_pre_norm_capture()
-            ce, jreg, layer_sums, states = self._compiled_losses(inputs, targets)
+            ce, jreg, layer_sums, states = self._compiled_losses(batch)
         else:
-            ce, jreg, layer_sums, states = self._losses_with_capture(inputs, targets)
+            ce, jreg, layer_sums, states = self.training_losses(batch)
         loss = ce if jreg is None else ce + jreg
         # NaN/inf: ``stop`` only records the step on the device here and raises at the next
         # log step or checkpoint save; ``skip`` (opt-in, one sync per step) drops the batch.
@@ -214,7 +215,8 @@ class JregLightningModule(L.LightningModule):
 
         if self._is_log_step():
             self.nonfinite_guard.raise_if_bad(self._last_checkpoint_path())
-            self.train_profile.update(*self._layer_sums_and_counts(states, layer_sums))
+            with torch.no_grad():
+                self.train_profile.update(*layer_sums_and_counts(states, known=layer_sums))
             profile = self.train_profile.compute()
             self.train_profile.reset()
             metrics = {"train/ce": ce.detach()}
@@ -226,32 +228,23 @@ class JregLightningModule(L.LightningModule):
             self.log("train/loss", loss.detach(), prog_bar=True)
         return loss
 
-    def _losses_with_capture(self, inputs: Tensor, targets: Tensor) -> TrainingLosses:
-        """CE, the JREG term (None at lam = 0), its per-layer Psi sums and h_0 ... h_L (eager).
+    def training_losses(self, batch: Tensor) -> TrainingLosses:
+        """CE, the JREG term (None at lam = 0), its per-layer Psi sums and h_0 ... h_L.
 
-        Psi_l is computed inside the forward, right after block l, so that in
-        backward each JREG gradient is made just before its block needs it.
+        The one loss path, run eagerly or as one graph (``compile_training_loss``).
+        Eagerly, Psi_l is computed inside the forward right after block l (the
+        regularizer's ``capture``), so that in backward each JREG gradient is made
+        just before its block needs it; in a compiled graph the compiler orders the
+        backward itself and the term is computed from the states, without hooks.
         """
-        enabled = self.regularizer.enabled
-        with self.regularizer.capture(self.model) if enabled else nullcontext({}) as psi:
+        inputs, targets = next_token_split(batch)
+        capture = self.regularizer.enabled and not torch.compiler.is_compiling()
+        with self.regularizer.capture(self.model) if capture else nullcontext({}) as psi:
             logits, states = self.forward_with_states(inputs)
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        if not enabled:
-            return ce, None, {}, states
-        jreg, layer_sums, _ = self.regularizer.combine(psi)
-        return ce, jreg, layer_sums, states
-
-    def _losses_from_states(self, inputs: Tensor, targets: Tensor) -> TrainingLosses:
-        """The same as ``_losses_with_capture`` with the term computed from the states.
-
-        This is the function ``compile_scope: loss`` compiles: in one graph the
-        compiler orders the backward itself, so no capture hooks are needed.
-        """
-        logits, states = self.forward_with_states(inputs)
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        ce = token_cross_entropy(logits, targets)
         if not self.regularizer.enabled:
             return ce, None, {}, states
-        jreg, layer_sums, _ = self.regularizer(states)
+        jreg, layer_sums, _ = self.regularizer.combine(psi) if capture else self.regularizer(states)
         return ce, jreg, layer_sums, states
 
     def _is_log_step(self) -> bool:
@@ -259,26 +252,6 @@ class JregLightningModule(L.LightningModule):
         if trainer is None:
             return True
         return trainer._logger_connector.should_update_logs
-
-    @torch.no_grad()
-    def _layer_sums_and_counts(
-        self, states: list[Tensor], known: dict[int, Tensor] | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Per-layer Psi sums ``(L,)`` and the position count, reusing sums already computed."""
-        known = known or {}
-        sums = []
-        count = None
-        for index in range(len(states) - 1):
-            if index in known:
-                sums.append(known[index])
-                continue
-            total, count = masked_sum_and_count(
-                displacement(states[index], states[index + 1]), None
-            )
-            sums.append(total)
-        if count is None:
-            count = torch.tensor(float(states[0].shape[0] * states[0].shape[1]))
-        return torch.stack(sums), count.to(states[0].device)
 
     def _profile_metrics(self, stage: str, result: dict[str, Tensor]) -> dict[str, Tensor]:
         metrics = {
@@ -297,15 +270,15 @@ class JregLightningModule(L.LightningModule):
         In ``validate`` / ``test`` (not during ``fit``, to keep it cheap) also the
         early-exit loss of every block: the final norm and LM head applied to h_l.
         """
-        inputs, targets = batch[:, :-1], batch[:, 1:].long()
+        inputs, targets = next_token_split(batch)
         logits, states = self.forward_with_states(inputs)
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        ce = token_cross_entropy(logits, targets)
         self.val_loss.update(ce, weight=targets.numel())
-        self.val_profile.update(*self._layer_sums_and_counts(states))
+        self.val_profile.update(*layer_sums_and_counts(states))
         if self._measures_early_exit():
             self.val_early_exit.update(
                 self._early_exit_sums(states, ce.detach() * targets.numel(), targets),
-                torch.tensor(float(targets.numel()), device=ce.device),
+                ce.new_full((), float(targets.numel())),
             )
 
     def _measures_early_exit(self) -> bool:
@@ -323,7 +296,11 @@ class JregLightningModule(L.LightningModule):
         return torch.stack([*sums, final_sum.float()])
 
     def on_validation_epoch_end(self) -> None:
-        """Log val/loss, val/ppl, the profile, J and J_late; print a table in ``validate``."""
+        """Log val/loss, val/ppl, the profile, J and J_late; keep them in ``last_validation``.
+
+        ``jreg_lightning.profile_report.ProfileReport`` (a callback ``cli.py`` adds)
+        prints them as a table after ``validate`` / ``test`` and writes them to the run.
+        """
         loss = self.val_loss.compute()
         profile = self.val_profile.compute()
         early_exit = None
@@ -332,12 +309,9 @@ class JregLightningModule(L.LightningModule):
         self.val_loss.reset()
         self.val_profile.reset()
         self.val_early_exit.reset()
-        metrics = {"val/loss": loss, "val/ppl": torch.exp(loss)}
-        metrics.update(self._profile_metrics("val", profile))
-        self.log_dict(metrics, sync_dist=False)
         self.last_validation = {
             "loss": float(loss),
-            "ppl": float(math.exp(min(float(loss), 80.0))),
+            "ppl": perplexity(loss),
             "profile": [float(v) for v in profile["profile"]],
             "jump_strength": float(profile["jump_strength"]),
             "jump_strength_late": float(profile["jump_strength_late"]),
@@ -345,15 +319,9 @@ class JregLightningModule(L.LightningModule):
             "final_state": self.jreg_config.final_state,
             "early_exit_loss": early_exit,
         }
-        if self._trainer is not None and self.trainer.state.fn in ("validate", "test"):
-            rank_zero_info(format_profile_table(self.last_validation))
-            # trainer.log_dir broadcasts from rank 0: every rank must ask for it.
-            out_dir = self.trainer.log_dir or self.trainer.default_root_dir
-            if self.trainer.is_global_zero:
-                stage = "test" if self.trainer.state.fn == "test" else "validation"
-                report = {**self.last_validation, "ckpt_path": self.trainer.ckpt_path}
-                for path in write_profile_report(report, out_dir, stage):
-                    rank_zero_info(f"wrote {path}")
+        metrics = {"val/loss": loss, "val/ppl": self.last_validation["ppl"]}
+        metrics.update(self._profile_metrics("val", profile))
+        self.log_dict(metrics, sync_dist=False)
 
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
         """Same measurements as validation."""

@@ -13,6 +13,7 @@ from torch import Tensor
 from jreg_lightning.displacement import (
     WEIGHT_SCHEMES,
     displacement,
+    layer_sums_and_counts,
     layer_weights,
     masked_sum_and_count,
 )
@@ -135,37 +136,36 @@ class JumpRegularizer(torch.nn.Module):
             computed (non-zero weight) layers keyed by 0-based layer index, and
             the number of positions.
         """
-        psi = {i: self._displacement(states[i], states[i + 1]) for i in self.active_layers}
-        if not psi:
-            psi_shape = states[0].new_zeros(states[0].shape[:2], dtype=torch.float32)
-            return self.combine({}, mask, empty_like=psi_shape)
-        return self.combine(psi, mask)
+        sums, count = layer_sums_and_counts(
+            states, mask, layers=self.active_layers, psi=self._displacement
+        )
+        return self._weighted_term(sums, count)
 
     def combine(
-        self, psi: dict[int, Tensor], mask: Tensor | None = None, empty_like: Tensor | None = None
+        self, psi: dict[int, Tensor], mask: Tensor | None = None
     ) -> tuple[Tensor, dict[int, Tensor], Tensor]:
-        """``lam * sum_l w_l * mean(Psi_l)`` from per-position Psi of the active layers.
+        """The term of ``forward`` from per-position Psi of the active layers (``capture``).
 
         Args:
-            psi: ``(batch, seq)`` float32 Psi per active layer, keyed by 0-based index
-                (from ``capture`` or computed from the states).
+            psi: ``(batch, seq)`` float32 Psi per active layer, keyed by 0-based index.
             mask: ``(batch, seq)``, 1 at real tokens; None for all positions.
-            empty_like: a ``(batch, seq)`` tensor giving the count when ``psi`` is empty.
 
         Returns:
             ``(term, layer_sums, count)`` as ``forward``.
         """
+        sums_counts = [masked_sum_and_count(psi[index], mask) for index in self.active_layers]
+        sums = torch.stack([total for total, _ in sums_counts])
+        return self._weighted_term(sums, sums_counts[-1][1])
+
+    def _weighted_term(
+        self, sums: Tensor, count: Tensor
+    ) -> tuple[Tensor, dict[int, Tensor], Tensor]:
+        """``lam * sum_l w_l * sums_l / count`` over the active layers (``sums`` in their order)."""
         term = None
-        layer_sums: dict[int, Tensor] = {}
-        count = None
-        for index in self.active_layers:
-            total, count = masked_sum_and_count(psi[index], mask)
-            weighted = self._weight_values[index] * (total / count.clamp_min(1.0))
+        for position, index in enumerate(self.active_layers):
+            weighted = self._weight_values[index] * (sums[position] / count.clamp_min(1.0))
             term = weighted if term is None else term + weighted
-            layer_sums[index] = total.detach()
-        if count is None:
-            term = empty_like.new_zeros((), dtype=torch.float32)
-            _, count = masked_sum_and_count(empty_like, mask)
+        layer_sums = dict(zip(self.active_layers, sums.detach().unbind(), strict=True))
         return self.config.lam * term, layer_sums, count
 
     @contextmanager

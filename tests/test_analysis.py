@@ -14,9 +14,10 @@ from jreg_lightning.analysis.loading import classify, load_hf_model, series_in_o
 from jreg_lightning.analysis.measure import measure_model
 from jreg_lightning.analysis.run_logs import read_logged_series
 from jreg_lightning.analysis.text import text_batches
-from jreg_lightning.analysis.validation_report import format_profile_table, write_profile_report
+from jreg_lightning.displacement import layer_sums_and_counts
 from jreg_lightning.metrics import LayerProfileMetric
 from jreg_lightning.module import JregLightningModule
+from jreg_lightning.profile_report import format_profile_table, write_profile_report
 from tests.conftest import TINY_LLAMA
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -53,7 +54,7 @@ def test_profile_of_saved_hf_model_equals_training_metric(tmp_path, final_state)
     with torch.no_grad():
         _, states = module.forward_with_states(batch[:, :-1])
         metric = LayerProfileMetric(TINY_LLAMA["num_layers"])
-        metric.update(*module._layer_sums_and_counts(states))
+        metric.update(*layer_sums_and_counts(states))
     expected = metric.compute()["profile"]
 
     module.model.save_pretrained(tmp_path / "hf")

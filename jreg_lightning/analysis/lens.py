@@ -1,16 +1,13 @@
-"""The parts of a Hugging Face model the analysis needs, and the early-exit ("logit lens") loss.
+"""The parts of a Hugging Face model the analysis needs: blocks, final norm, LM head.
 
 The logit lens reads block l's residual stream h_l through the model's own
-final norm and LM head: ``head(norm(h_l))``. Model-specific output scaling
-(e.g. logit soft-capping) is not applied.
+final norm and LM head: ``head(norm(h_l))`` (``jreg_lightning.losses.early_exit_loss_sum``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Attribute names of the final norm on the base model across HF families
@@ -81,35 +78,3 @@ def find_decoder_parts(model: nn.Module) -> DecoderParts:
 def block_output(output) -> Tensor:
     """The hidden state a block returned (HF blocks return a tensor or a tuple)."""
     return output[0] if isinstance(output, tuple) else output
-
-
-def cross_entropy_sum(logits: Tensor, targets: Tensor) -> Tensor:
-    """Summed next-token cross-entropy in float32.
-
-    Args:
-        logits: ``(batch, seq, vocab)``.
-        targets: ``(batch, seq)`` token ids.
-
-    Returns:
-        Float32 scalar, the sum over all positions (divide by ``targets.numel()``).
-    """
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().long(), reduction="sum")
-
-
-@torch.no_grad()
-def early_exit_loss_sum(
-    final_norm: nn.Module | None, head: nn.Module, hidden: Tensor, targets: Tensor
-) -> Tensor:
-    """Cross-entropy sum of the logit lens on one residual stream.
-
-    Args:
-        final_norm: the model's final norm (None: the head reads ``hidden`` as is).
-        head: the LM head.
-        hidden: ``(batch, seq, hidden)`` residual stream h_l before any final norm.
-        targets: ``(batch, seq)`` next tokens.
-
-    Returns:
-        Float32 scalar sum over positions. Only one layer's logits exist at a time.
-    """
-    normed = final_norm(hidden) if final_norm is not None else hidden
-    return cross_entropy_sum(head(normed), targets)

@@ -7,7 +7,6 @@ and the early-exit logits exist for one layer at a time.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from contextlib import contextmanager
 
@@ -15,21 +14,20 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from jreg_lightning.analysis.lens import (
-    DecoderParts,
-    block_output,
-    cross_entropy_sum,
-    early_exit_loss_sum,
-    find_decoder_parts,
-)
+from jreg_lightning.analysis.lens import DecoderParts, block_output, find_decoder_parts
 from jreg_lightning.analysis.text import DocumentBatch
 from jreg_lightning.displacement import (
-    displacement,
     jump_layer,
     jump_strength,
     jump_strength_late,
-    masked_sum_and_count,
+    layer_sums_and_counts,
     profile_spread,
+)
+from jreg_lightning.losses import (
+    early_exit_loss_sum,
+    next_token_split,
+    perplexity,
+    token_cross_entropy,
 )
 
 FINAL_STATES = ("post_norm", "pre_norm")
@@ -143,7 +141,7 @@ def measure_model(
                     inputs, targets, mask = batch.input_ids, None, batch.attention_mask
                     has_head = False  # per-document mode measures Psi only
                 else:
-                    inputs, targets, mask = batch[:, :-1], batch[:, 1:], None
+                    (inputs, targets), mask = next_token_split(batch), None
                     has_head = head
                 captured: dict[str, Tensor] = {}
                 with _capture_output(parts.layers[-1], captured):
@@ -155,21 +153,17 @@ def measure_model(
                         f"for {num_layers} blocks; expected embeddings + one per block"
                     )
                 pre_norm_last = captured["out"] if parts.final_norm is not None else states[-1]
-                for index in range(num_layers):
-                    post, count = masked_sum_and_count(
-                        displacement(states[index], states[index + 1]), mask
-                    )
-                    psi[0, index] += float(post)
-                    if index < num_layers - 1:
-                        psi[1, index] += float(post)
-                    else:
-                        pre, _ = masked_sum_and_count(
-                            displacement(states[index], pre_norm_last), mask
-                        )
-                        psi[1, index] += float(pre)
+                post, count = layer_sums_and_counts(states, mask)
+                pre = post
+                if pre_norm_last is not states[-1]:
+                    # Only block L differs: its raw output instead of the final norm's.
+                    known = dict(enumerate(post[:-1].unbind()))
+                    pre, _ = layer_sums_and_counts([*states[:-1], pre_norm_last], mask, known)
+                psi[0] += post.double().cpu()
+                psi[1] += pre.double().cpu()
                 positions += float(count)
                 if has_head:
-                    loss_sum += float(cross_entropy_sum(out.logits, targets))
+                    loss_sum += float(token_cross_entropy(out.logits, targets, reduction="sum"))
                     del out  # frees the full logits before the per-layer ones
                     if early_exit:
                         # h_1 .. h_{L-1} and the raw output of block L (before the final norm).
@@ -181,7 +175,9 @@ def measure_model(
                         for index, block in enumerate(parts.layers):
                             with _skipped(block):
                                 logits = _forward(model, inputs, hidden_states=False).logits
-                            skip_sums[index] += float(cross_entropy_sum(logits, targets))
+                            skip_sums[index] += float(
+                                token_cross_entropy(logits, targets, reduction="sum")
+                            )
                             del logits
                 batch_count += 1
     finally:
@@ -201,7 +197,7 @@ def measure_model(
         "profiles": profiles,
         "jump": {name: jump_summary(profile) for name, profile in profiles.items()},
         "loss": loss,
-        "perplexity": math.exp(min(loss, 80.0)) if loss is not None else None,
+        "perplexity": perplexity(loss) if loss is not None else None,
         "early_exit_loss": (early_sums / positions).tolist() if has_head and early_exit else None,
         "skip_loss_increase": (
             (skip_sums / positions - loss).tolist() if has_head and skip_blocks else None
