@@ -272,7 +272,7 @@ def _load_dcp_weights(path: Path) -> dict[str, Tensor]:
     # Only the weights entry is read: the optimizer state (2x the weights under
     # AdamW) is never materialised. Without a process group the reader loads
     # every rank's shard into full CPU tensors. No public torch API loads one
-    # top-level key of a DCP folder into unsharded tensors (checked: torch 2.13).
+    # top-level key of a DCP folder into unsharded tensors (checked against torch 2.14.1).
 
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys

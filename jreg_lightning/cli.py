@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -13,6 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from jreg_lightning import preflight
 from jreg_lightning.checkpoints import AtomicCheckpointIO, read_checkpoint_meta
 from jreg_lightning.commands import EXTRA_COMMANDS, run_extra_command
+from jreg_lightning.console import quiet_callbacks, quiet_console
 from jreg_lightning.data.datamodule import TokenShardDataModule
 from jreg_lightning.errors import REPORTED_ERRORS, TRACEBACK_ENV, ConfigError, one_line
 from jreg_lightning.module import JregLightningModule
@@ -20,6 +24,8 @@ from jreg_lightning.profile_report import ProfileReport
 
 # Splits each subcommand reads, for the checks made before it starts.
 SUBCOMMAND_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("val",)}
+# In a logger's save_dir or a checkpoint's dirpath: the run directory, trainer.default_root_dir.
+RUN_DIR = "{run}"
 
 
 class JregCLI(LightningCLI):
@@ -50,6 +56,25 @@ class JregCLI(LightningCLI):
             "set it must divide evenly and it sets the per-device data.batch_size.",
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """Parse ``args`` (or ``sys.argv``) into ``self.config``.
+
+        As LightningCLI's, without its warning when both ``args`` and ``sys.argv``
+        are given: ``main(argv)`` passes its words on purpose (the demo, tests), and
+        the warning would quote the caller's own command line to the user.
+        """
+        if isinstance(args, dict | Namespace):
+            self.config = parser.parse_object(args)
+        else:
+            self.config = parser.parse_args(args)
+
+    def before_instantiate_classes(self) -> None:
+        """Logger ``save_dir`` and checkpoint ``dirpath`` follow ``trainer.default_root_dir``."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        derive_run_paths(config)
+
+    # Private hook of LightningCLI (checked against lightning 2.6.6): no public switch
+    # turns off reading hyperparameters from --ckpt_path.
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would replace the config's model.* with the checkpoint's saved
         # hyperparameters, silently dropping a changed lr or nonfinite mode on resume. Here
@@ -57,6 +82,8 @@ class JregCLI(LightningCLI):
         # refused with one line (preflight.check_checkpoint_shape, before the run starts).
         return
 
+    # Private hook and attribute of LightningCLI (checked against lightning 2.6.6): the
+    # subcommand parsers get their method arguments (weights_only) only in here.
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
         # Loading a checkpoint never unpickles code unless --weights_only false is given.
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -65,8 +92,13 @@ class JregCLI(LightningCLI):
         return parser
 
     def instantiate_trainer(self, **kwargs):
-        """The Trainer, saving checkpoints atomically (``AtomicCheckpointIO``)."""
+        """The Trainer, saving checkpoints atomically (``AtomicCheckpointIO``), quiet console."""
+        # Taken before the Trainer exists: it appends its defaults to this same list.
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        configured = config.get("trainer", {}).get("callbacks") or []
+        configured = list(configured) if isinstance(configured, list) else [configured]
         trainer = super().instantiate_trainer(**kwargs)
+        quiet_callbacks(trainer, configured)
         # Replace only Lightning's default; a CheckpointIO given in the config stays.
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
@@ -125,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     as one line naming the field and the fix; set ``JREG_TRACEBACK=1`` for the
     full traceback. Other exceptions (bugs) keep their traceback.
     """
+    quiet_console()
     try:
         _dispatch(argv)
     except REPORTED_ERRORS as err:
@@ -132,6 +165,57 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         print(one_line(err), file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def derive_run_paths(config: Namespace) -> None:
+    """Fill the run paths of a parsed config from ``trainer.default_root_dir``, in place.
+
+    The run directory is named once: ``{run}`` in a logger's ``save_dir`` or a
+    ``ModelCheckpoint``'s ``dirpath`` is replaced by it, and a ``dirpath`` left
+    out becomes ``<run>/checkpoints`` (Lightning's loggers require a ``save_dir``,
+    so the configs write ``"{run}"``). Paths written out in full are kept. Without
+    a ``default_root_dir`` the run directory is the working directory, as in Lightning.
+    """
+    trainer = config.get("trainer")
+    if trainer is None:
+        return
+    run = str(trainer.get("default_root_dir") or os.getcwd())
+    for logger in _class_entries(trainer.get("logger")):
+        init_args = logger.init_args
+        if "save_dir" in init_args:
+            init_args.save_dir = _run_path(init_args.save_dir, run, default=run)
+    for callback in _class_entries(trainer.get("callbacks")):
+        if _is_subclass(callback.class_path, ModelCheckpoint):
+            default = str(Path(run) / "checkpoints")
+            callback.init_args.dirpath = _run_path(
+                callback.init_args.get("dirpath"), run, default=default
+            )
+
+
+def _run_path(value, run: str, default: str):
+    if value is None:
+        return default
+    return str(value).replace(RUN_DIR, run) if RUN_DIR in str(value) else value
+
+
+def _class_entries(value) -> list[Namespace]:
+    """The ``class_path``/``init_args`` entries of a logger or callbacks value."""
+    entries = value if isinstance(value, list) else [value]
+    return [
+        entry
+        for entry in entries
+        if isinstance(entry, Namespace)
+        and "class_path" in entry
+        and isinstance(entry.get("init_args"), Namespace)
+    ]
+
+
+def _is_subclass(class_path: str, base: type) -> bool:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return issubclass(getattr(importlib.import_module(module), name), base)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return False
 
 
 def _dispatch(argv: Sequence[str] | None) -> None:

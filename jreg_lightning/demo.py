@@ -18,6 +18,7 @@ import time
 
 from jreg_lightning.analysis.plots import plot_layer_profiles
 from jreg_lightning.analysis.validation_report import format_side_by_side
+from jreg_lightning.console import quiet_console
 from jreg_lightning.study.command import ensure_data
 from jreg_lightning.study.runner import read_result, train_study
 from jreg_lightning.study.spec import load_study
@@ -35,6 +36,7 @@ def demo(config_file: str = "configs/study/demo.yaml", full: bool = False) -> di
     Returns:
         ``{"runs": {name: final validation}, "plot": path}``.
     """
+    quiet_console()
     started = time.perf_counter()
     spec = load_study(config_file)
     if full:

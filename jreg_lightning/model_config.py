@@ -89,6 +89,8 @@ class LlamaModelConfig:
             attention_bias=False,
             mlp_bias=False,
         )
+        # Private attribute (checked against transformers 5.24.0); the public way is
+        # LlamaConfig(attn_implementation="sdpa"), left to this file's owner to switch.
         config._attn_implementation = "sdpa"
         return config
 

@@ -103,6 +103,9 @@ def parallelize_llama(model: nn.Module, config: ParallelConfig, mesh=None) -> nn
         # 1. Checkpointing wraps the plain block, so the recomputation in
         #    backward replays exactly the block's own forward.
         if config.activation_checkpointing:
+            # Private module (checked against torch 2.14.1), as in torchtitan: no public
+            # module wrapper; its "_checkpoint_wrapped_module." key segment is stripped
+            # by jreg_lightning.init.WRAPPER_PREFIXES.
             from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
                 checkpoint_wrapper,
             )

@@ -56,6 +56,13 @@ def step_flops(
     return int(measure_flops(model, forward, (lambda logits: logits.sum()) if training else None))
 
 
+# Private parts of Lightning used here (checked against lightning 2.6.6), none with a
+# public equivalent: ThroughputMonitor's counters (_throughputs, _samples, _lengths,
+# _batches, _t0s) and hooks (_update, _compute, _start), which a subclass must share;
+# trainer._logger_connector (log_metrics: Lightning's own step, "epoch" column and
+# trainer.logged_metrics; should_update_logs: the same log steps as the module) and
+# trainer.fit_loop._should_accumulate (the optimizer step boundary); ThroughputMonitor
+# itself uses all three.
 class TokenThroughputMonitor(ThroughputMonitor):
     """Logs tokens/s, FLOPs/s and (on GPUs) MFU; shows tokens/s in the progress bar.
 

@@ -115,6 +115,76 @@ def test_config_parses_and_builds_its_settings(path):
         assert "jreg_lightning.throughput.TokenThroughputMonitor" in paths
 
 
+def _run_paths(config) -> tuple[str, list[str], list[str]]:
+    """``default_root_dir``, every logger's ``save_dir``, every checkpoint ``dirpath``."""
+    trainer = config.trainer
+    loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+    callbacks = trainer.callbacks or []
+    return (
+        trainer.default_root_dir,
+        [logger.init_args.save_dir for logger in loggers],
+        [
+            callback.init_args.dirpath
+            for callback in callbacks
+            if callback.class_path.endswith("ModelCheckpoint")
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    "path",
+    # Study base configs are excluded: the study runner writes each run's paths.
+    [path for path in ALL_CONFIGS if _folder(path) not in {*VALUE_FOLDERS, "study"}],
+    ids=lambda p: str(p.relative_to(CONFIGS)),
+)
+def test_run_paths_derive_from_default_root_dir(path):
+    """One key names the run: logs in it, checkpoints in ``<run>/checkpoints``."""
+    run, save_dirs, dirpaths = _run_paths(_parse_as_used(path))
+    assert run and run.startswith("runs/"), run
+    assert save_dirs and all(save_dir == run for save_dir in save_dirs), save_dirs
+    assert dirpaths == [f"{run}/checkpoints"], dirpaths
+
+
+def test_run_paths_follow_a_changed_default_root_dir(tmp_path):
+    """One flag moves the whole run, with any logger overlay; ``{run}`` is the run directory."""
+    config = _parse(
+        "--config",
+        CONFIGS / "llama_1b_jreg.yaml",
+        "--config",
+        CONFIGS / "logger" / "tensorboard.yaml",
+        "--trainer.default_root_dir",
+        tmp_path / "mine",
+    )
+    run, save_dirs, dirpaths = _run_paths(config)
+    assert run == str(tmp_path / "mine")
+    assert save_dirs == [run, run] and dirpaths == [f"{run}/checkpoints"]
+
+    explicit = tmp_path / "explicit.yaml"
+    explicit.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "logger": {
+                        "class_path": "lightning.pytorch.loggers.CSVLogger",
+                        "init_args": {"save_dir": "{run}/csv", "name": "logs"},
+                    },
+                    "callbacks": [
+                        {
+                            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                            "init_args": {"dirpath": str(tmp_path / "elsewhere")},
+                        }
+                    ],
+                }
+            }
+        )
+    )
+    _, save_dirs, dirpaths = _run_paths(
+        _parse("--config", CONFIGS / "tiny_jreg.yaml", "--config", explicit)
+    )
+    assert save_dirs == ["runs/tiny_jreg/csv"]
+    assert dirpaths == [str(tmp_path / "elsewhere")]  # a path written out in full is kept
+
+
 def _fields(namespace) -> dict:
     return {key: value for key, value in vars(namespace).items() if key != "__path__"}
 
