@@ -35,6 +35,8 @@ from jreg_lightning.pretrained import (
 )
 from jreg_lightning.regularizer import JregConfig, JumpRegularizer
 
+STALE_PRE_NORM_PREFIX = "_pre_norm_hooked."
+
 # ce, JREG term (None at lam = 0), detached Psi sums of the active layers, h_0 ... h_L.
 TrainingLosses = tuple[Tensor, Tensor | None, dict[int, Tensor], list[Tensor]]
 
@@ -109,7 +111,9 @@ class JregLightningModule(L.LightningModule):
         self._compiled_losses = None
         # The last block's raw output (final_state "pre_norm"), kept by a persistent hook.
         self._last_block_output: dict[str, Tensor] = {}
-        self._pre_norm_hooked = None
+        # id() of the model whose last block is hooked: an attribute holding the model
+        # itself would register it a second time as a submodule (and in checkpoints).
+        self._pre_norm_hooked: int | None = None
         self.last_validation: dict | None = None
         self.nonfinite_guard = NonFiniteGuard(nonfinite)
 
@@ -190,14 +194,14 @@ class JregLightningModule(L.LightningModule):
         A persistent hook, installed outside any compiled region, so that a compiled
         loss traces it like the rest of the forward instead of seeing hooks change.
         """
-        if self.jreg_config.final_state != "pre_norm" or self._pre_norm_hooked is self.model:
+        if self.jreg_config.final_state != "pre_norm" or self._pre_norm_hooked == id(self.model):
             return
 
         def keep_output(_module, _inputs, output):
             self._last_block_output["h"] = output[0] if isinstance(output, tuple) else output
 
         self.model.model.layers[-1].register_forward_hook(keep_output)
-        self._pre_norm_hooked = self.model
+        self._pre_norm_hooked = id(self.model)
 
     # -------------------------------------------------------------- training
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
@@ -341,6 +345,11 @@ class JregLightningModule(L.LightningModule):
         """Refuse a checkpoint of another model shape (one line, before any weight is copied)."""
         check_checkpoint_shape(checkpoint.get("hyper_parameters"), self.llama_config, "checkpoint")
         self.nonfinite_guard.load_state_dict(checkpoint.get("nonfinite", {}))
+        # pre_norm checkpoints written before 2026-11-30 hold the model twice, the second
+        # copy under this prefix (the hook marker was the model itself); drop that copy.
+        state = checkpoint.get("state_dict") or {}
+        for key in [k for k in state if k.startswith(STALE_PRE_NORM_PREFIX)]:
+            del state[key]
 
     def _last_checkpoint_path(self) -> str | None:
         """The newest checkpoint this run has written and its step, for the non-finite message."""

@@ -147,3 +147,27 @@ def test_max_steps_is_required():
     module.trainer = trainer
     with pytest.raises(ValueError, match="trainer.max_steps must be set"):
         module.configure_optimizers()
+
+
+def test_pre_norm_hook_adds_no_second_model_to_the_state_dict():
+    """The pre_norm hook once kept the model in an attribute, registering it twice (found by
+    the study: its pre_norm checkpoint failed to load in validate)."""
+    module = JregLightningModule(
+        llama=LlamaModelConfig(**TINY_LLAMA), jreg=JregConfig(lam=1.0, final_state="pre_norm")
+    )
+    module.configure_model()
+    module.forward_with_states(_blocks(num=2)[:, :-1])
+    keys = list(module.state_dict())
+    assert "model.model.embed_tokens.weight" in keys
+    assert not any(key.startswith("_pre_norm_hooked") for key in keys)
+
+    # A checkpoint written before the fix (the model twice) still loads.
+    state = dict(module.state_dict())
+    state.update({f"_pre_norm_hooked.{k}": v for k, v in module.state_dict().items()})
+    checkpoint = {"state_dict": state, "hyper_parameters": dict(module.hparams)}
+    fresh = JregLightningModule(
+        llama=LlamaModelConfig(**TINY_LLAMA), jreg=JregConfig(lam=1.0, final_state="pre_norm")
+    )
+    fresh.configure_model()
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"])
