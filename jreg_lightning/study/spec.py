@@ -10,7 +10,7 @@ needs, and the runs as small overrides of that config::
     threads_per_run: 1       # torch threads of each run
     data: {corpus: stdlib_source, corpus_file: ..., data_dir: ..., val_fraction: 0.05}
     baselines: [baseline_s1, baseline_s2]
-    best: linear_lam10       # the JREG run the report sets against the baseline
+    best: auto               # the JREG run the report sets against the baseline (or a name)
     runs:
       baseline_s1: {seed: 1, lam: 0.0}
       linear_lam10: {lam: 10.0, weights: linear}
@@ -122,7 +122,9 @@ def load_study(path: str | Path) -> StudySpec:
         runs.append(RunSpec(str(name), seed, jreg, values))
     names = [run.name for run in runs]
     baselines = list(settings.get("baselines") or [r.name for r in runs if r.is_baseline])
-    for name in [*baselines, settings.get("best")]:
+    best = settings.get("best")
+    best = None if best in (None, "auto") else str(best)
+    for name in [*baselines, best]:
         if name is not None and name not in names:
             raise ConfigError(f"study: {name!r} in {path} is not one of the runs {names}")
     if not baselines:
@@ -139,7 +141,7 @@ def load_study(path: str | Path) -> StudySpec:
         data=DataSpec(**_require(settings, "data", path)),
         runs=runs,
         baselines=baselines,
-        best=settings.get("best"),
+        best=best,
         parallel=parallel,
         threads_per_run=threads,
         title=str(settings.get("title", "JREG study")),
