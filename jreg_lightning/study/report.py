@@ -332,6 +332,7 @@ def write_report(spec: StudySpec, results: dict[str, dict], command: str) -> lis
     summary_path = pictures / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2, default=_nan_safe) + "\n")
     written.append(summary_path)
+    written.extend(archive_runs(spec, order, pictures / "runs"))
     markdown = report_dir / "results.md"
     markdown.write_text(_markdown(spec, summary, order, metrics, stats, deltas, pictures))
     written.append(markdown)
@@ -382,6 +383,30 @@ def update_readme(readme: Path, text: str) -> Path:
     _, tail = rest.split(README_END, 1)
     readme.write_text(f"{head}{README_START}\n{text}\n{README_END}{tail}")
     return readme
+
+
+ARCHIVED_FILES = ("result.json", "attempts.json", "run_config.yaml", "validation_profile.csv")
+
+
+def archive_runs(spec: StudySpec, names: list[str], out_dir: Path) -> list[Path]:
+    """Copy each finished run's small files (result, attempts, config, logged metrics) beside
+    the report, so that the numbers outlive the run folders (which hold the checkpoints)."""
+    import shutil
+
+    copied = []
+    for name in names:
+        source = run_dir(spec, spec.run(name))
+        target = out_dir / name
+        target.mkdir(parents=True, exist_ok=True)
+        files = [source / f for f in ARCHIVED_FILES if (source / f).is_file()]
+        for metrics in sorted(source.glob("logs/version_*/metrics.csv")):
+            files.append(metrics)
+        for file in files:
+            suffix = f"_{file.parent.name}" if file.name == "metrics.csv" else ""
+            destination = target / f"{file.stem}{suffix}{file.suffix}"
+            shutil.copyfile(file, destination)
+            copied.append(destination)
+    return copied
 
 
 def _unfinished_line(spec: StudySpec, finished: list[str]) -> list[str]:
