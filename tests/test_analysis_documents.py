@@ -112,8 +112,12 @@ def test_padding_does_not_change_the_profile(tmp_path, kind):
         assert report["tokens"] == expected
         assert report["loss"] is None and report["early_exit_loss"] is None
     assert padded["batches"] == 2 and alone["batches"] == len(LENGTHS)
+    # Psi = (1 - cos) / 2 near cos = 1 carries float32 noise of ~1e-9 absolute (seen: 9e-10
+    # on a Psi of 3.3e-5 for BERT); a masking error would be orders of magnitude larger.
     for state in ("post_norm", "pre_norm"):
-        assert padded["profiles"][state] == pytest.approx(alone["profiles"][state], rel=1e-5)
+        assert padded["profiles"][state] == pytest.approx(
+            alone["profiles"][state], rel=1e-5, abs=1e-8
+        )
     assert max(padded["profiles"]["post_norm"]) > 0
 
 
