@@ -31,12 +31,14 @@ import contextlib
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_options import add_shape_options, add_timing_options, llama_shape, step_clock
 
 from jreg_lightning.model_config import LlamaModelConfig, build_llama
 from jreg_lightning.module import JregLightningModule
@@ -47,24 +49,11 @@ from jreg_lightning.throughput import step_flops
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, nargs="+", default=[4, 8, 16])
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--intermediate", type=int, default=688)
-    parser.add_argument("--heads", type=int, default=4)
+    add_shape_options(parser, layers=[4, 8, 16])
     parser.add_argument("--kv-heads", type=int, help="default: --heads")
-    parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
-    parser.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="cpu: this process's CPU time (time.process_time), steadier on a shared machine",
-    )
+    add_timing_options(parser)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU runs)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument(
@@ -132,7 +121,7 @@ def time_alternating(variants: list[Variant], batch: torch.Tensor, args, device)
     for _ in range(args.warmup):
         for variant in variants:
             variant.step(batch)
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    clock = step_clock(args)
     for index in range(args.steps):
         for variant in variants if index % 2 == 0 else variants[::-1]:
             synchronize(device)
@@ -157,7 +146,7 @@ def term_time(layers: int, args, device: torch.device, compile_term: bool) -> fl
         torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
         for _ in range(layers + 1)
     ]
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    clock = step_clock(args)
     times = []
     for index in range(args.warmup + 2 * args.steps):
         synchronize(device)
@@ -227,15 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for layers in args.layers:
-        config = LlamaModelConfig(
-            vocab_size=args.vocab,
-            hidden_size=args.hidden,
-            intermediate_size=args.intermediate,
-            num_layers=layers,
-            num_heads=args.heads,
-            num_kv_heads=args.kv_heads or args.heads,
-            max_position_embeddings=args.seq,
-        )
+        config = LlamaModelConfig(**llama_shape(args, layers=layers))
         variants = build_variants(config, args, device)
         generator = torch.Generator().manual_seed(layers)
         batch = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=generator)

@@ -37,8 +37,11 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import itertools
+
+from bench_options import add_shape_options, add_timing_options, llama_shape, step_clock
 
 from jreg_lightning.model_config import LlamaModelConfig
 from jreg_lightning.module import JregLightningModule
@@ -49,24 +52,11 @@ from jreg_lightning.throughput import TokenThroughputMonitor
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--intermediate", type=int, default=688)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=256)
+    add_shape_options(parser)
     parser.add_argument("--rounds", type=int, default=4, help="rounds per side")
     parser.add_argument("--steps-per-round", type=int, default=11)
     parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
-    parser.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="cpu: this process's CPU time (time.process_time), steadier on a shared machine",
-    )
+    add_timing_options(parser)
     parser.add_argument("--no-progress-bar", action="store_true")
     return parser.parse_args(argv)
 
@@ -149,18 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     global clock
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    clock = step_clock(args)
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
-    config = LlamaModelConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.intermediate,
-        num_layers=args.layers,
-        num_heads=args.heads,
-        num_kv_heads=args.heads,
-        max_position_embeddings=args.seq,
-    )
+    config = LlamaModelConfig(**llama_shape(args))
     module = JregLightningModule(
         llama=config,
         jreg=JregConfig(lam=1.0, weights="linear"),

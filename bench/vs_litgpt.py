@@ -46,19 +46,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_options import add_shape_options, llama_shape  # noqa: E402
 from fit_throughput import timed_trainer, write_shards  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--litgpt-python", default="/tmp/litgpt-venv/bin/python")
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--intermediate", type=int, default=688)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=256)
+    add_shape_options(parser)
     parser.add_argument("--steps", type=int, default=26, help="optimizer steps per run")
     parser.add_argument("--log-every", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
@@ -139,16 +134,7 @@ def ours_override(args, data_dir: Path, out_dir: Path, compile_loss: bool) -> di
             **timed_trainer(out_dir, args.steps, args.log_every, window_size=2),
         },
         "model": {
-            "llama": {
-                "vocab_size": args.vocab,
-                "hidden_size": args.hidden,
-                "intermediate_size": args.intermediate,
-                "num_layers": args.layers,
-                "num_heads": args.heads,
-                "num_kv_heads": args.heads,
-                "max_position_embeddings": args.seq,
-                "tie_word_embeddings": True,
-            },
+            "llama": {**llama_shape(args), "tie_word_embeddings": True},
             "optim": {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 3},
         },
         "data": {"data_dir": str(data_dir), "seq_len": args.seq, "batch_size": args.batch},
