@@ -10,6 +10,7 @@ from jreg_lightning.data.datamodule import TokenShardDataModule
 from jreg_lightning.data.tokenizer import train_byte_level_bpe
 from jreg_lightning.module import JregLightningModule
 from tests.conftest import TINY_LLAMA
+from tests.tiny_fit import quiet_trainer
 
 _TEXT = [
     "The cat sat on the mat and the dog sat on the log.",
@@ -38,15 +39,8 @@ def write_checkpoint(path: Path, shards: Path, jreg: dict | None = None, steps: 
         optim={"lr": 3e-3, "warmup_steps": 1},
     )
     data = TokenShardDataModule(data_dir=shards, seq_len=32, batch_size=4)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = quiet_trainer(
+        devices=1, max_steps=steps, limit_val_batches=0, enable_checkpointing=False
     )
     trainer.fit(module, datamodule=data)
     trainer.save_checkpoint(path)

@@ -8,7 +8,7 @@ import torch
 from jreg_lightning.module import JregLightningModule
 from jreg_lightning.parallelize import ParallelConfig
 from jreg_lightning.regularizer import JregConfig
-from tests.test_module import _train
+from tests.tiny_fit import fit_tiny
 
 
 @pytest.mark.parametrize(
@@ -44,8 +44,8 @@ def test_compiled_loss_trains_like_eager(final_state):
     """Same losses, logged profile and weights after 4 Trainer steps; keys unchanged."""
     jreg = JregConfig(lam=1.0, weights="linear", final_state=final_state)
     compiled_parallel = ParallelConfig(compile=True, compile_scope="loss")
-    eager, eager_losses, eager_trainer = _train(JregLightningModule, jreg, steps=4, log_every=2)
-    compiled, compiled_losses, compiled_trainer = _train(
+    eager, eager_losses, eager_trainer = fit_tiny(JregLightningModule, jreg, steps=4, log_every=2)
+    compiled, compiled_losses, compiled_trainer = fit_tiny(
         JregLightningModule, jreg, steps=4, log_every=2, parallel=compiled_parallel
     )
     assert compiled._compiled_losses is not None

@@ -6,7 +6,6 @@ import json
 import math
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ from jreg_lightning.export import export
 from jreg_lightning.module import JregLightningModule
 from tests.conftest import TINY_LLAMA
 from tests.exported_model import write_module_checkpoint, write_tokenizer
+from tests.tiny_fit import quiet_trainer
 
 TASK = Path(__file__).parent / "data" / "tiny_mc.yaml"
 
@@ -125,13 +125,7 @@ def test_perplexity_on_shards_equals_the_modules_validation(checkpoint, token_sh
     module = JregLightningModule(**content["hyper_parameters"])
     module.configure_model()
     module.load_state_dict(content["state_dict"])
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(default_root_dir=tmp_path)
     trainer.validate(module, TokenShardDataModule(token_shards, seq_len=32, batch_size=4))
     expected = module.last_validation
     result = measure_perplexity(load_eval_model(checkpoint), token_shards, seq_len=32, batch_size=4)

@@ -17,6 +17,7 @@ from jreg_lightning.module import JregLightningModule
 from jreg_lightning.pretrained import check_data_tokenizer
 from tests.cli_run import run_cli, tiny_override
 from tests.exported_model import write_tokenizer
+from tests.tiny_fit import quiet_trainer
 
 # The shape of the released model in these tests; vocabulary and positions fit the
 # ``token_shards`` fixture (512 tokens, seq_len 32).
@@ -121,16 +122,12 @@ def test_first_step_loss_is_the_hf_loss_and_the_export_loads_back(
     module = JregLightningModule(
         init_from=str(folder), jreg={"lam": 0.5}, optim={"lr": 1e-3, "warmup_steps": 1}
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=1,
         max_steps=2,
         limit_val_batches=0,
         log_every_n_steps=1,
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[FirstBatchRecorder(str(tmp_path / "first"))],
     )
     data = TokenShardDataModule(data_dir=token_shards, seq_len=32, batch_size=4)

@@ -8,13 +8,13 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from jreg_lightning.model_config import LlamaModelConfig
 from jreg_lightning.module import JregLightningModule
-from jreg_lightning.optim import OptimConfig, parameter_groups, warmup_cosine
+from jreg_lightning.optim import parameter_groups, warmup_cosine
 from jreg_lightning.regularizer import JregConfig
 from tests.conftest import TINY_LLAMA
+from tests.tiny_fit import fit_tiny, random_blocks
 
 
 class PlainCrossEntropyModule(JregLightningModule):
@@ -26,47 +26,9 @@ class PlainCrossEntropyModule(JregLightningModule):
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
-class LossRecorder(L.Callback):
-    def __init__(self):
-        self.losses = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.losses.append(outputs["loss"].detach().clone())
-
-
-def _blocks(num=40, seq_len=16, vocab=TINY_LLAMA["vocab_size"], seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (num, seq_len + 1), generator=generator)
-
-
-def _train(module_cls, jreg: JregConfig, steps=10, log_every=3, parallel=None):
-    L.seed_everything(7, verbose=False)
-    module = module_cls(
-        LlamaModelConfig(**TINY_LLAMA),
-        jreg,
-        OptimConfig(lr=3e-3, min_lr=3e-4, warmup_steps=2),
-        parallel=parallel,
-    )
-    recorder = LossRecorder()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=log_every,
-        gradient_clip_val=1.0,
-        callbacks=[recorder],
-        deterministic=True,
-    )
-    trainer.fit(module, DataLoader(_blocks(), batch_size=4, shuffle=False))
-    return module, recorder.losses, trainer
-
-
 def test_lambda_zero_is_bit_identical_to_plain_cross_entropy():
-    baseline, baseline_losses, trainer = _train(JregLightningModule, JregConfig(lam=0.0))
-    reference, reference_losses, _ = _train(PlainCrossEntropyModule, JregConfig(lam=0.0))
+    baseline, baseline_losses, trainer = fit_tiny(JregLightningModule, JregConfig(lam=0.0))
+    reference, reference_losses, _ = fit_tiny(PlainCrossEntropyModule, JregConfig(lam=0.0))
     assert len(baseline_losses) == len(reference_losses) == 10
     for step, (mine, theirs) in enumerate(zip(baseline_losses, reference_losses, strict=True)):
         assert torch.equal(mine, theirs), f"loss differs at step {step}: {mine} vs {theirs}"
@@ -81,8 +43,8 @@ def test_lambda_zero_is_bit_identical_to_plain_cross_entropy():
 
 
 def test_jreg_enters_the_loss_and_changes_training():
-    _, baseline_losses, _ = _train(JregLightningModule, JregConfig(lam=0.0), steps=4)
-    _, jreg_losses, trainer = _train(
+    _, baseline_losses, _ = fit_tiny(JregLightningModule, JregConfig(lam=0.0), steps=4)
+    _, jreg_losses, trainer = fit_tiny(
         JregLightningModule, JregConfig(lam=1.0, weights="uniform"), steps=4, log_every=1
     )
     logged = trainer.logged_metrics
@@ -156,7 +118,7 @@ def test_pre_norm_hook_adds_no_second_model_to_the_state_dict():
         llama=LlamaModelConfig(**TINY_LLAMA), jreg=JregConfig(lam=1.0, final_state="pre_norm")
     )
     module.configure_model()
-    module.forward_with_states(_blocks(num=2)[:, :-1])
+    module.forward_with_states(random_blocks(num=2)[:, :-1])
     keys = list(module.state_dict())
     assert "model.model.embed_tokens.weight" in keys
     assert not any(key.startswith("_pre_norm_hooked") for key in keys)
