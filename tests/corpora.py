@@ -26,6 +26,21 @@ def write_corpus(path: Path, documents: int = 60, seed: int = 0, words=(20, 60))
     return texts
 
 
+def prepare_small(corpus: Path, out: Path, **kwargs) -> dict:
+    """``prepare`` with the small settings the tests use (vocab 300, blocks of 33)."""
+    from jreg_lightning.data.prepare import prepare
+
+    settings = {
+        "vocab_size": 300,
+        "seq_len": 32,
+        "chunk_blocks": 8,
+        "val_documents": 6,
+        "num_workers": 2,
+    }
+    settings.update(kwargs)
+    return prepare(inputs=[str(corpus)], output_dir=str(out), **settings)
+
+
 def split_tokens(folder: Path) -> list[int]:
     """Every token of a split, in order."""
     from litdata import StreamingDataset, TokensLoader

@@ -11,8 +11,7 @@ import torch
 from jreg_lightning.data.datamodule import TokenShardDataModule
 from jreg_lightning.model_config import LlamaModelConfig
 from tests.conftest import TINY_LLAMA
-from tests.corpora import write_corpus
-from tests.test_prepare import prepare_small
+from tests.corpora import prepare_small, write_corpus
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,7 @@ import yaml
 
 from jreg_lightning.data.batch_log import read_batch_log, sequence_fingerprints
 from tests.conftest import TINY_LLAMA
-from tests.corpora import write_corpus
-from tests.test_prepare import prepare_small
+from tests.corpora import prepare_small, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 STOP = 5

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from jreg_lightning.data.demo_corpus import write_demo_corpus
-from tests.test_study import tiny_study
+from tests.studies import tiny_study
 
 REPO = Path(__file__).resolve().parents[1]
 

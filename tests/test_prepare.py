@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer
 
-from jreg_lightning.data.prepare import prepare
 from jreg_lightning.data.shard_meta import chunk_tokens, read_index, token_dtype
 from jreg_lightning.data.sources import read_documents, scan_inputs
-from tests.corpora import documents_of, split_tokens, write_corpus
-
-
-def prepare_small(corpus: Path, out: Path, **kwargs) -> dict:
-    """``prepare`` with the small settings the tests use (vocab 300, blocks of 33)."""
-    settings = {
-        "vocab_size": 300,
-        "seq_len": 32,
-        "chunk_blocks": 8,
-        "val_documents": 6,
-        "num_workers": 2,
-    }
-    settings.update(kwargs)
-    return prepare(inputs=[str(corpus)], output_dir=str(out), **settings)
+from tests.corpora import documents_of, prepare_small, split_tokens, write_corpus
 
 
 @pytest.fixture(scope="module")
