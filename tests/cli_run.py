@@ -17,6 +17,22 @@ from tests.conftest import TINY_LLAMA
 REPO = Path(__file__).resolve().parents[1]
 
 
+def checkpoint_callback(dirpath: Path, **init_args) -> dict:
+    """A ``ModelCheckpoint`` entry of ``trainer.callbacks`` writing to ``dirpath``."""
+    return {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"dirpath": str(dirpath), **init_args},
+    }
+
+
+def rank_recorder(out_dir: Path, **init_args) -> dict:
+    """A ``RankMetricsRecorder`` entry of ``trainer.callbacks`` writing to ``out_dir``."""
+    return {
+        "class_path": "tests.cli_run.RankMetricsRecorder",
+        "init_args": {"out_dir": str(out_dir), **init_args},
+    }
+
+
 def tiny_override(
     run_dir: Path, data_dir: Path, max_steps: int = 3, seq_len: int = 32, **trainer
 ) -> Path:
@@ -33,14 +49,9 @@ def tiny_override(
                 "init_args": {"save_dir": str(run_dir), "name": "logs"},
             },
             "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {
-                        "dirpath": str(run_dir / "checkpoints"),
-                        "save_last": True,
-                        "every_n_train_steps": max_steps,
-                    },
-                }
+                checkpoint_callback(
+                    run_dir / "checkpoints", save_last=True, every_n_train_steps=max_steps
+                )
             ],
             **trainer,
         },

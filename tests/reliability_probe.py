@@ -96,17 +96,12 @@ def write_fit_override(
     ``callbacks`` come first, then a ``ModelCheckpoint`` every ``checkpoint_every``
     steps (all kept, plus ``last.ckpt``); ``trainer`` and ``model`` add or replace keys.
     """
+    from tests.cli_run import checkpoint_callback
     from tests.conftest import TINY_LLAMA
 
-    checkpoint = {
-        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-        "init_args": {
-            "dirpath": str(run_dir / "checkpoints"),
-            "every_n_train_steps": checkpoint_every,
-            "save_last": True,
-            "save_top_k": -1,
-        },
-    }
+    checkpoint = checkpoint_callback(
+        run_dir / "checkpoints", every_n_train_steps=checkpoint_every, save_last=True, save_top_k=-1
+    )
     logger = {
         "class_path": "lightning.pytorch.loggers.CSVLogger",
         "init_args": {"save_dir": str(run_dir), "name": "logs", "version": logger_version},

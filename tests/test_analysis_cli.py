@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from jreg_lightning.cli import main
+from tests.cli_run import checkpoint_callback
 from tests.conftest import TINY_LLAMA
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,12 +32,7 @@ def _override(run_dir: Path, data_dir: Path) -> Path:
             "limit_val_batches": 2,
             "default_root_dir": str(run_dir),
             "logger": loggers,
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True},
-                }
-            ],
+            "callbacks": [checkpoint_callback(run_dir / "checkpoints", save_last=True)],
         },
         "model": {"llama": dict(TINY_LLAMA)},
         "data": {"data_dir": str(data_dir), "seq_len": 32, "batch_size": 2},

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from jreg_lightning.data.batch_log import read_batch_log, sequence_fingerprints
+from tests.cli_run import checkpoint_callback
 from tests.conftest import TINY_LLAMA
 from tests.corpora import prepare_small, write_corpus
 
@@ -42,14 +43,7 @@ def _override(path: Path, run: Path, data_dir: Path, steps: int, **trainer) -> P
             "class_path": "jreg_lightning.data.batch_log.BatchLog",
             "init_args": {"folder": str(run / "batches")},
         },
-        {
-            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {
-                "dirpath": str(run / "checkpoints"),
-                "every_n_train_steps": STOP,
-                "save_top_k": -1,
-            },
-        },
+        checkpoint_callback(run / "checkpoints", every_n_train_steps=STOP, save_top_k=-1),
     ]
     config = {
         "trainer": {

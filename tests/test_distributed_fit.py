@@ -11,7 +11,13 @@ import yaml
 
 from jreg_lightning.checkpoints import is_distributed_checkpoint, load_full_state_dict
 from jreg_lightning.module import JregLightningModule
-from tests.cli_run import logged_metric, run_cli, tiny_override
+from tests.cli_run import (
+    checkpoint_callback,
+    logged_metric,
+    rank_recorder,
+    run_cli,
+    tiny_override,
+)
 from tests.conftest import TINY_LLAMA
 from tests.shards import write_token_shards
 
@@ -34,18 +40,10 @@ def _fit(
     model_override: dict | None = None,
 ) -> None:
     """``cli.py fit`` (or ``validate``) on the tiny shape with ``configs/strategy/<strategy>``."""
-    checkpoints = {
-        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-        "init_args": {
-            "dirpath": str(run_dir / "checkpoints"),
-            "save_last": True,
-            "every_n_train_steps": 4,
-        },
-    }
-    recorder = {
-        "class_path": "tests.cli_run.RankMetricsRecorder",
-        "init_args": {"out_dir": str(run_dir / f"ranks_{command}_{max_steps}")},
-    }
+    checkpoints = checkpoint_callback(
+        run_dir / "checkpoints", save_last=True, every_n_train_steps=4
+    )
+    recorder = rank_recorder(run_dir / f"ranks_{command}_{max_steps}")
     override = tiny_override(
         run_dir, data_dir, max_steps, val_check_interval=4, callbacks=[checkpoints, recorder]
     )

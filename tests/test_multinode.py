@@ -20,7 +20,13 @@ import torch
 import yaml
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
-from tests.cli_run import REPO, logged_metric, tiny_override
+from tests.cli_run import (
+    REPO,
+    checkpoint_callback,
+    logged_metric,
+    rank_recorder,
+    tiny_override,
+)
 
 LAUNCHER = REPO / "scripts" / "torchrun_fit.sh"
 NODES = 2
@@ -28,18 +34,10 @@ NODES = 2
 
 def _launch_two_nodes(run_dir: Path, data_dir: Path, max_steps: int, resume: bool) -> None:
     """Start both nodes' ``torchrun_fit.sh`` at once and wait for both to finish."""
-    checkpoints = {
-        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-        "init_args": {
-            "dirpath": str(run_dir / "checkpoints"),
-            "save_last": True,
-            "every_n_train_steps": 2,
-        },
-    }
-    recorder = {
-        "class_path": "tests.cli_run.RankMetricsRecorder",
-        "init_args": {"out_dir": str(run_dir / f"ranks_{max_steps}"), "match": ["/"]},
-    }
+    checkpoints = checkpoint_callback(
+        run_dir / "checkpoints", save_last=True, every_n_train_steps=2
+    )
+    recorder = rank_recorder(run_dir / f"ranks_{max_steps}", match=["/"])
     override = tiny_override(
         run_dir, data_dir, max_steps, val_check_interval=2, callbacks=[checkpoints, recorder]
     )
