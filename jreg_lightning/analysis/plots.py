@@ -31,6 +31,15 @@ def _save(fig, out_path: str | Path) -> Path:
     return path
 
 
+def _finish(fig, ax, out_path: str | Path, title: str, legend: bool = True) -> Path:
+    """Title, a light grid and (one entry per run) a legend; then ``_save``."""
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize="small")
+    return _save(fig, out_path)
+
+
 def _check_series(series: Mapping[str, Sequence[float]], what: str) -> None:
     if not series:
         raise ValueError(f"{what}: nothing to plot; pass at least one run name -> values")
@@ -66,10 +75,7 @@ def plot_layer_profiles(
     values = [float(v) for p in profiles.values() for v in p]
     if min(values) > 0 and max(values) / min(values) > 20:
         ax.set_yscale("log")
-    ax.set_title(title or "Layer profile")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    return _save(fig, out_path)
+    return _finish(fig, ax, out_path, title or "Layer profile")
 
 
 def plot_jump_over_steps(
@@ -101,10 +107,7 @@ def plot_jump_over_steps(
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
-    ax.set_title(title or "Jump strength during training")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    return _save(fig, out_path)
+    return _finish(fig, ax, out_path, title or "Jump strength during training")
 
 
 def plot_early_exit_losses(
@@ -136,10 +139,7 @@ def plot_early_exit_losses(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title or "Early-exit (logit lens) loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    return _save(fig, out_path)
+    return _finish(fig, ax, out_path, title or "Early-exit (logit lens) loss")
 
 
 def plot_profile_heatmap(
@@ -228,6 +228,6 @@ def plot_tradeoff(
         )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title or "Jump strength against validation loss")
-    ax.grid(alpha=0.3)
-    return _save(fig, out_path)
+    return _finish(
+        fig, ax, out_path, title or "Jump strength against validation loss", legend=False
+    )
