@@ -56,7 +56,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor, nn
 
-from jreg_lightning.errors import ConfigError
+from jreg_lightning.errors import ConfigError, InputNotFoundError, OutputExistsError
 from jreg_lightning.init import canonical_name
 from jreg_lightning.model_config import LlamaModelConfig, build_llama
 
@@ -79,9 +79,10 @@ def safe_torch_load(
     """
     path = Path(path)
     if not path.exists():
-        raise ConfigError(
-            f"{field}: {path} does not exist; pass an existing .ckpt file, or 'last' to "
-            "resume from the newest last*.ckpt of the run's ModelCheckpoint folder"
+        hint = " or 'last' (the newest last*.ckpt of the run)" if field == "ckpt_path" else ""
+        raise InputNotFoundError(
+            f"{field}: {path} does not exist; pass an existing .ckpt file or "
+            f"distributed-checkpoint folder{hint}"
         )
     try:
         return torch.load(path, map_location=map_location, weights_only=True, **kwargs)
@@ -190,12 +191,9 @@ def read_hyperparameters(checkpoint: str | Path, field: str = "checkpoint") -> d
             folder (its ``meta.pt`` holds everything but the tensors).
         field: the option that named the checkpoint, for the messages.
     """
-    path = Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"{field}: {path} does not exist; pass a .ckpt file or folder")
-    hparams = read_checkpoint_meta(path, field=field).get("hyper_parameters")
+    hparams = read_checkpoint_meta(checkpoint, field=field).get("hyper_parameters")
     if not hparams or "llama" not in hparams:
-        raise ValueError(
+        raise ConfigError(
             f"{field}: {checkpoint} has no 'llama' hyperparameters; it was not saved by "
             "JregLightningModule (export an HF folder from a checkpoint of cli.py fit)"
         )
@@ -243,24 +241,13 @@ def load_full_state_dict(path: str | Path) -> dict[str, Tensor]:
         ``_orig_mod.`` (and other wrapper) segments stripped; optimizer state is not read.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist; pass a .ckpt file or a distributed-checkpoint "
-            "folder from a run's checkpoints/ directory"
-        )
     if path.is_dir():
-        if not is_distributed_checkpoint(path):
-            raise ValueError(
-                f"checkpoint folder {path} has no {DCP_METADATA_FILE} file, so it is not a "
-                "torch.distributed.checkpoint folder; pass the .ckpt folder itself (the one "
-                "holding .metadata and *.distcp files)"
-            )
         check_distributed_checkpoint(path, field="checkpoint")
         state_dict = _load_dcp_weights(path)
     else:
         checkpoint = safe_torch_load(path, field="checkpoint", mmap=True)
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise ValueError(
+            raise ConfigError(
                 f"checkpoint {path} has no 'state_dict' entry; pass a checkpoint written by "
                 "Lightning's Trainer (or by the consolidate command)"
             )
@@ -283,7 +270,7 @@ def _load_dcp_weights(path: Path) -> dict[str, Tensor]:
     top_levels = {key.split(".", 1)[0] for key in stored}
     entry = next((name for name in ("state_dict", "model") if name in top_levels), None)
     if entry is None:
-        raise ValueError(
+        raise ConfigError(
             f"distributed checkpoint {path} holds no 'state_dict' or 'model' entry; it was not "
             "written by Lightning's ModelParallelStrategy or FSDPStrategy"
         )
@@ -305,7 +292,7 @@ def hf_state_dict(module_state: dict[str, Tensor]) -> dict[str, Tensor]:
         if key.startswith("model."):
             result[canonical_name(key[len("model.") :])] = value
     if not result:
-        raise ValueError(
+        raise ConfigError(
             "checkpoint: no 'model.*' weights found; it was not saved by JregLightningModule"
         )
     return result
@@ -344,7 +331,7 @@ def load_checkpoint_model(checkpoint: str | Path, dtype: torch.dtype = torch.flo
     missing = sorted(expected - set(weights))
     unexpected = sorted(set(weights) - expected)
     if missing or unexpected:
-        raise ValueError(
+        raise ConfigError(
             f"checkpoint: {path} does not match its own llama config "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]}); was it saved by this project?"
         )
@@ -546,9 +533,11 @@ def consolidate(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
     """
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+        raise OutputExistsError(
+            f"out: {out} already exists; choose another --out or pass --overwrite"
+        )
     if checkpoint.resolve() == out.resolve():
-        raise ValueError("--out must differ from --checkpoint: the sharded folder is the input")
+        raise ConfigError("out: must differ from --checkpoint: the sharded folder is the input")
     state_dict = load_full_state_dict(checkpoint)
     metadata = read_checkpoint_meta(checkpoint, field="checkpoint")
     contents = {k: v for k, v in metadata.items() if k not in ("optimizer_states", "state_dict")}

@@ -17,13 +17,12 @@ from jreg_lightning import preflight
 from jreg_lightning.checkpoints import AtomicCheckpointIO, read_checkpoint_meta
 from jreg_lightning.commands import EXTRA_COMMANDS, run_extra_command
 from jreg_lightning.console import quiet_callbacks, quiet_console
-from jreg_lightning.data.datamodule import TokenShardDataModule
-from jreg_lightning.errors import REPORTED_ERRORS, TRACEBACK_ENV, ConfigError, one_line
+from jreg_lightning.data.datamodule import STAGE_SPLITS, TokenShardDataModule
+from jreg_lightning.errors import TRACEBACK_ENV, one_line, reported_error
 from jreg_lightning.module import JregLightningModule
+from jreg_lightning.optim import check_max_steps
 from jreg_lightning.profile_report import ProfileReport
 
-# Splits each subcommand reads, for the checks made before it starts.
-SUBCOMMAND_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("val",)}
 # In a logger's save_dir or a checkpoint's dirpath: the run directory, trainer.default_root_dir.
 RUN_DIR = "{run}"
 
@@ -42,7 +41,7 @@ class JregCLI(LightningCLI):
         # Parse errors raise (main() prints them as one line) instead of a usage wall.
         parser_kwargs = kwargs.setdefault("parser_kwargs", {})
         parser_kwargs.setdefault("exit_on_error", False)
-        for subcommand in SUBCOMMAND_SPLITS:
+        for subcommand in STAGE_SPLITS:
             parser_kwargs.setdefault(subcommand, {}).setdefault("exit_on_error", False)
         super().__init__(JregLightningModule, TokenShardDataModule, args=args, **kwargs)
 
@@ -119,11 +118,8 @@ class JregCLI(LightningCLI):
     def _preflight(self, subcommand: str) -> None:
         config = self.config_init[subcommand]
         model, data, trainer = self.model, self.datamodule, self.trainer
-        if subcommand == "fit" and not (trainer.max_steps and trainer.max_steps > 0):
-            raise ConfigError(
-                f"trainer.max_steps must be > 0 (got {trainer.max_steps}): pretraining and its "
-                "learning-rate schedule are driven by steps; set trainer.max_steps"
-            )
+        if subcommand == "fit":
+            check_max_steps(trainer.max_steps)
         preflight.check_sequence_length(data.seq_len, model.llama_config)
         data.batch_size = preflight.per_device_batch_size(
             data.batch_size,
@@ -133,7 +129,7 @@ class JregCLI(LightningCLI):
         )
         preflight.check_token_shards(
             data.data_dir,
-            SUBCOMMAND_SPLITS[subcommand],
+            STAGE_SPLITS[subcommand],
             data.seq_len,
             data.batch_size,
             model.llama_config.vocab_size,
@@ -153,15 +149,16 @@ class JregCLI(LightningCLI):
 def main(argv: Sequence[str] | None = None) -> None:
     """Run ``cli.py``; bad input ends with one ``error: ...`` line on stderr and exit code 1.
 
-    Configuration, data and checkpoint errors (``REPORTED_ERRORS``) are printed
-    as one line naming the field and the fix; set ``JREG_TRACEBACK=1`` for the
-    full traceback. Other exceptions (bugs) keep their traceback.
+    The project's errors (``JregError``: a config field, a path, a data file, a
+    checkpoint, named with the fix) and the argument parser's are printed as one
+    line; set ``JREG_TRACEBACK=1`` for the full traceback. Anything else is a
+    bug and keeps its traceback.
     """
     quiet_console()
     try:
         _dispatch(argv)
-    except REPORTED_ERRORS as err:
-        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+    except Exception as err:
+        if reported_error(err) is None or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise
         print(one_line(err), file=sys.stderr)
         raise SystemExit(1) from None

@@ -1,8 +1,16 @@
-"""The project's error types, and how the command line reports them in one line."""
+"""The project's error types, and how the command line reports them in one line.
+
+Bad input is checked once, where it enters (a config field, a path, a data
+file, a checkpoint, a tokenizer, a corpus file), and raised as a ``JregError``
+whose message names the field or file and the fix. ``cli.py`` prints those, and
+the argument parser's own ``ArgumentError``, as one ``error: ...`` line; every
+other exception is a bug and keeps its traceback. Each subclass also derives
+from the builtin it replaces, so ``except ValueError`` / ``FileNotFoundError``
+callers keep working.
+"""
 
 from __future__ import annotations
 
-import pickle
 import re
 from argparse import ArgumentError
 
@@ -10,59 +18,63 @@ from argparse import ArgumentError
 TRACEBACK_ENV = "JREG_TRACEBACK"
 
 
-class ConfigError(ValueError):
-    """A bad value in a config, a data folder or a checkpoint path.
+class JregError(Exception):
+    """Bad input the user can fix; ``cli.py`` prints it as one line naming the field and the fix.
 
-    The message names the field (``model.llama.num_heads``, ``data.data_dir``,
-    ``ckpt_path``) and says how to fix it; ``cli.py`` prints it as one line.
+    Raise a subclass where one fits; the base itself for a condition that is
+    neither a bad value nor a path (e.g. a study run that failed, see its log).
     """
 
 
-class NonFiniteLossError(RuntimeError):
+class ConfigError(JregError, ValueError):
+    """A bad value: a config field, a command-line option, or the contents of a file the user named.
+
+    The message names the field (``model.llama.num_heads``, ``data.data_dir``,
+    ``ckpt_path``) or the file and says how to fix it.
+    """
+
+
+class InputNotFoundError(JregError, FileNotFoundError):
+    """A file or folder named in the config or on the command line does not exist."""
+
+
+class InputUnreadableError(JregError, PermissionError):
+    """A file named as input exists but cannot be read (permissions)."""
+
+
+class OutputExistsError(JregError, FileExistsError):
+    """An output path already holds data; the fix is another path or ``--overwrite``."""
+
+
+class NonFiniteLossError(JregError, RuntimeError):
     """Training produced a NaN or infinite loss and was stopped (``model.nonfinite: stop``)."""
 
 
-# What the command line reports as one line: bad input, not bugs. Anything else
-# (a RuntimeError deep in torch, an AssertionError) keeps its full traceback.
-REPORTED_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    ArgumentError,
-    FileNotFoundError,
-    FileExistsError,
-    NotADirectoryError,
-    IsADirectoryError,
-    PermissionError,
-    NonFiniteLossError,
-    pickle.UnpicklingError,
-)
+# What the command line reports as one line: the project's errors and the
+# argument parser's. Anything else (a ValueError from a bug, a RuntimeError deep
+# in torch) keeps its full traceback.
+REPORTED_ERRORS: tuple[type[BaseException], ...] = (JregError, ArgumentError)
 
 
-def root_cause(error: BaseException) -> BaseException:
-    """The innermost reported error behind ``error``.
+def reported_error(error: BaseException) -> BaseException | None:
+    """The error ``cli.py`` reports in one line for ``error``, or None (a bug: keep the traceback).
 
-    jsonargparse wraps a dataclass's ``ValueError`` in its own ``ValueError``
-    ("Does not validate against any of the Union subtypes"); the useful message
-    is the one at the bottom of the ``__cause__`` chain, unless a ``ConfigError``
-    (already written for the user) comes first.
+    The outermost ``JregError`` along the ``__cause__`` chain (jsonargparse wraps
+    an error raised in a dataclass's ``__post_init__`` in its own ``ValueError``
+    with ``raise ... from``), failing that the outermost ``ArgumentError``. An
+    implicit ``__context__`` is not followed: an error raised while another was
+    being handled is a new error, and a bug there keeps its traceback.
     """
-    best = error
-    seen: set[int] = set()
+    links: list[BaseException] = []
     current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ConfigError):  # written for the user: take the outermost
-            return current
-        if isinstance(current, REPORTED_ERRORS):
-            best = current
-        current = _cause(current)
-    return best
-
-
-def _cause(error: BaseException) -> BaseException | None:
-    # ``raise ... from None`` hides the context: the raiser chose the better message.
-    if error.__cause__ is not None:
-        return error.__cause__
-    return None if error.__suppress_context__ else error.__context__
+    while current is not None and all(current is not link for link in links):
+        links.append(current)
+        current = current.__cause__
+    for kind in REPORTED_ERRORS:
+        found = next((link for link in links if isinstance(link, kind)), None)
+        if found is not None:
+            return found
+    return None
 
 
 def _parser_message(message: str) -> str:
@@ -87,9 +99,15 @@ def _parser_message(message: str) -> str:
 
 
 def one_line(error: BaseException) -> str:
-    """``error: <message>`` on one line, the message of the error's root cause."""
-    if isinstance(error, ArgumentError):  # the outermost report carries the key path
-        return f"error: {_parser_message(str(error))}"
-    cause = root_cause(error)
-    message = " ".join(str(cause).split()) or type(cause).__name__
+    """``error: <message>`` on one line, for an error that ``reported_error`` finds.
+
+    Raises:
+        ValueError: ``error`` holds no project or parser error (a bug; report its traceback).
+    """
+    reported = reported_error(error)
+    if reported is None:
+        raise ValueError(f"{type(error).__name__} is not a reported error; keep its traceback")
+    if isinstance(reported, ArgumentError):  # the outermost report carries the key path
+        return f"error: {_parser_message(str(reported))}"
+    message = " ".join(str(reported).split()) or type(reported).__name__
     return f"error: {message}"

@@ -17,28 +17,30 @@ import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 from jreg_lightning.checkpoints import load_checkpoint_model
+from jreg_lightning.data.shard_meta import META_FILE, read_meta
 from jreg_lightning.data.tokenizer import load_hf_tokenizer
+from jreg_lightning.errors import ConfigError, InputNotFoundError, OutputExistsError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def tokenizer_from_meta(data_dir: str | Path) -> tuple[Path, int | None]:
     """The tokenizer path and EOS id recorded in ``data_dir/meta.json`` by ``cli.py prepare``."""
-    meta_path = Path(data_dir) / "meta.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(
+    meta_path = Path(data_dir) / META_FILE
+    meta = read_meta(data_dir)
+    if meta is None:
+        raise InputNotFoundError(
             f"data_dir: {meta_path} not found; pass --tokenizer PATH or the data folder "
             "written by cli.py prepare"
         )
-    meta = json.loads(meta_path.read_text())
     recorded = meta.get("tokenizer")
     if not recorded:
-        raise ValueError(f"data_dir: {meta_path} records no tokenizer; pass --tokenizer PATH")
+        raise ConfigError(f"data_dir: {meta_path} records no tokenizer; pass --tokenizer PATH")
     # prepare records the copy it keeps beside the shards, relative to the data folder.
     for candidate in (meta_path.parent / recorded, Path(recorded)):
         if candidate.exists():
             return candidate, meta.get("eos_id")
-    raise FileNotFoundError(
+    raise InputNotFoundError(
         f"data_dir: the tokenizer {recorded} recorded in {meta_path} does not exist; "
         "pass --tokenizer PATH"
     )
@@ -46,7 +48,7 @@ def tokenizer_from_meta(data_dir: str | Path) -> tuple[Path, int | None]:
 
 def _check_vocab(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase) -> None:
     if len(tokenizer) > model.config.vocab_size:
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer: {len(tokenizer)} tokens do not fit the model's vocab_size "
             f"{model.config.vocab_size}; export with the tokenizer the data was prepared with"
         )
@@ -95,13 +97,13 @@ def export(
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"out_dir: {out} exists and is not empty; choose a new folder or pass --overwrite true"
         )
     eos_id = None
     if tokenizer is None:
         if data_dir is None:
-            raise ValueError(
+            raise ConfigError(
                 "export needs a tokenizer: pass --tokenizer PATH (tokenizer.json or folder) "
                 "or --data_dir DIR of prepared data whose meta.json names it"
             )

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from jreg_lightning.errors import ConfigError
+
 
 @dataclass
 class LlamaModelConfig:
@@ -50,19 +52,19 @@ class LlamaModelConfig:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.llama.{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"model.llama.{name} must be a positive integer, got {value!r}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"model.llama.num_heads={self.num_heads} does not divide hidden_size="
                 f"{self.hidden_size}; choose heads so that hidden_size / num_heads is an integer"
             )
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"model.llama.num_kv_heads={self.num_kv_heads} does not divide num_heads="
                 f"{self.num_heads}; use a divisor of num_heads (num_heads itself for plain MHA)"
             )
         if self.initializer_range <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"model.llama.initializer_range must be > 0, got {self.initializer_range}"
             )
 

@@ -9,6 +9,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from jreg_lightning.errors import ConfigError
+
 
 @dataclass
 class OptimConfig:
@@ -38,15 +40,15 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
-            raise ValueError(f"model.optim.lr must be > 0, got {self.lr}")
+            raise ConfigError(f"model.optim.lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(
+            raise ConfigError(
                 f"model.optim.min_lr must be between 0 and lr={self.lr}, got {self.min_lr}"
             )
         if self.warmup_steps < 0:
-            raise ValueError(f"model.optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise ConfigError(f"model.optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 < self.decay_fraction <= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"model.optim.decay_fraction must be in (0, 1], got {self.decay_fraction}"
             )
         self.betas = tuple(self.betas)
@@ -104,15 +106,24 @@ def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_ratio: float
 FUSED_ADAMW_DEVICES = {"cuda", "cpu"}
 
 
+def check_max_steps(max_steps: int | None) -> None:
+    """``trainer.max_steps`` must be set and > 0: the schedule is driven by steps.
+
+    ``cli.py`` calls this before ``fit`` writes anything; ``build_optimizer``
+    calls it for a ``Trainer`` built without the command line.
+    """
+    if max_steps is None or max_steps < 1:
+        raise ConfigError(
+            f"trainer.max_steps must be set and > 0 (got {max_steps}): pretraining and its "
+            "learning-rate schedule are driven by steps; set trainer.max_steps"
+        )
+
+
 def build_optimizer(
     model: nn.Module, config: OptimConfig, max_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW (fused on CUDA and CPU, foreach elsewhere) and its per-step schedule."""
-    if max_steps is None or max_steps < 1:
-        raise ValueError(
-            f"trainer.max_steps must be set to a positive number (got {max_steps}); "
-            "pretraining and its cosine schedule are driven by max_steps"
-        )
+    check_max_steps(max_steps)
     # One fused kernel per step on CUDA and CPU (on the 2-core CPU: 7 ms vs 24 ms foreach
     # for the tiny model); foreach on any other device.
     fused = {p.device.type for p in model.parameters()} <= FUSED_ADAMW_DEVICES

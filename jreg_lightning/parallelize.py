@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from jreg_lightning.checkpoints import accept_uncompiled_keys
+from jreg_lightning.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CompileScope = Literal["auto", "loss", "blocks"]
@@ -54,17 +55,17 @@ class ParallelConfig:
     def __post_init__(self) -> None:
         for name in ("param_dtype", "reduce_dtype"):
             if getattr(self, name) not in DTYPES:
-                raise ValueError(
+                raise ConfigError(
                     f"model.parallel.{name} must be one of {sorted(DTYPES)}, "
                     f"got {getattr(self, name)!r}"
                 )
         if self.compile_scope not in COMPILE_SCOPES:
-            raise ValueError(
+            raise ConfigError(
                 f"model.parallel.compile_scope must be one of {', '.join(COMPILE_SCOPES)}, "
                 f"got {self.compile_scope!r}"
             )
         if self.compile_scope == "loss" and self.activation_checkpointing:
-            raise ValueError(
+            raise ConfigError(
                 "model.parallel.compile_scope: loss cannot be combined with "
                 "activation_checkpointing; use compile_scope: blocks (or auto)"
             )
@@ -78,7 +79,7 @@ class ParallelConfig:
         if not self.compile:
             return None
         if self.compile_scope == "loss" and sharded:
-            raise ValueError(
+            raise ConfigError(
                 "model.parallel.compile_scope: loss is for one device or DDP; under FSDP2 "
                 "use compile_scope: blocks (or auto)"
             )

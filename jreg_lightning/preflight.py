@@ -70,6 +70,8 @@ def check_token_shards(
 ) -> None:
     """Each split folder is a readable litdata dataset with at least one full batch.
 
+    A missing folder or split is reported by ``read_index``, which reads it.
+
     The vocabulary recorded by ``prepare`` in ``meta.json`` must fit in
     ``model.llama.vocab_size`` (an id beyond the embedding would fail deep
     inside the first forward pass).
@@ -77,11 +79,6 @@ def check_token_shards(
     from jreg_lightning.data.shard_meta import chunk_tokens, read_index, read_meta, usable_tokens
 
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise ConfigError(
-            f"data.data_dir: {data_dir} does not exist; run `python cli.py prepare` or point "
-            "data.data_dir at a folder holding train/ and val/"
-        )
     meta = read_meta(data_dir)
     if meta is not None and int(meta.get("vocab_size", 0)) > vocab_size:
         raise ConfigError(
@@ -91,11 +88,7 @@ def check_token_shards(
         )
     block = seq_len + 1
     for split in splits:
-        try:
-            index = read_index(data_dir / split)
-        except FileNotFoundError as err:
-            raise ConfigError(str(err)) from None
-        blocks = usable_tokens(chunk_tokens(index), block) // block
+        blocks = usable_tokens(chunk_tokens(read_index(data_dir / split)), block) // block
         if blocks < batch_size:
             raise ConfigError(
                 f"data.data_dir: {data_dir / split} holds {blocks} block(s) of seq_len+1={block} "
@@ -109,7 +102,8 @@ def resolve_checkpoint_path(ckpt_path: str | None, checkpoint_dirs: list[str]) -
 
     Returns None when nothing will be loaded (no path, or 'last' before the first
     save, which Lightning treats as a fresh start) or for keywords Lightning
-    resolves itself ('best', 'hpc', registry names).
+    resolves itself ('best', 'hpc', registry names). A path that does not exist
+    is returned as it is: reading it (``read_checkpoint_meta``) names it in one line.
     """
     if ckpt_path is None:
         return None
@@ -123,13 +117,7 @@ def resolve_checkpoint_path(ckpt_path: str | None, checkpoint_dirs: list[str]) -
         return max(candidates, key=os.path.getmtime) if candidates else None
     if ckpt_path in CHECKPOINT_KEYWORDS or "://" in ckpt_path:
         return None
-    path = Path(ckpt_path)
-    if not path.exists():
-        raise ConfigError(
-            f"ckpt_path: {path} does not exist; pass an existing .ckpt file, or 'last' to "
-            "resume from the newest last*.ckpt of the run's checkpoint folder"
-        )
-    return path
+    return Path(ckpt_path)
 
 
 def check_checkpoint_shape(

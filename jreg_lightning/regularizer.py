@@ -17,6 +17,7 @@ from jreg_lightning.displacement import (
     layer_weights,
     masked_sum_and_count,
 )
+from jreg_lightning.errors import ConfigError
 
 FinalState = Literal["post_norm", "pre_norm"]
 WeightScheme = Literal["final", "last_k", "uniform", "linear", "explicit"]
@@ -45,16 +46,16 @@ class JregConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.lam, (int, float)) or not self.lam >= 0 or self.lam == float("inf"):
-            raise ValueError(
+            raise ConfigError(
                 f"jreg.lam must be a finite number >= 0, got {self.lam!r}; use 0 for the baseline"
             )
         if self.weights not in WEIGHT_SCHEMES:
-            raise ValueError(
+            raise ConfigError(
                 f"jreg.weights: unknown scheme {self.weights!r}; "
                 f"use one of {', '.join(WEIGHT_SCHEMES)}"
             )
         if self.final_state not in ("post_norm", "pre_norm"):
-            raise ValueError(
+            raise ConfigError(
                 f"jreg.final_state must be post_norm or pre_norm, got {self.final_state!r}"
             )
 
@@ -86,7 +87,7 @@ class JumpRegularizer(torch.nn.Module):
                 config.weights, num_layers, k=config.last_k, values=config.explicit_weights
             )
         except ValueError as err:
-            raise ValueError(f"jreg: {err}") from None
+            raise ConfigError(f"jreg: {err}") from None
         self.register_buffer("weights", weights, persistent=False)
         self.active_layers = [i for i, w in enumerate(weights.tolist()) if w > 0]
         self._weight_values = weights.tolist()

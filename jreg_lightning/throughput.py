@@ -19,6 +19,7 @@ from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
+from jreg_lightning.errors import ConfigError
 from jreg_lightning.model_config import LlamaModelConfig, build_llama
 
 PROGRESS_BAR_KEY = "tokens/s"
@@ -84,7 +85,7 @@ class TokenThroughputMonitor(ThroughputMonitor):
         self, window_size: int = 5, peak_flops: float | None = None, progress_bar: bool = True
     ) -> None:
         if window_size < 2:
-            raise ValueError(
+            raise ConfigError(
                 f"TokenThroughputMonitor.window_size must be >= 2 (a rate needs two times), "
                 f"got {window_size}"
             )

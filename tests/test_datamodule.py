@@ -1,4 +1,4 @@
-"""TokenShardDataModule: checks at setup, token accounting, batches of int ids."""
+"""TokenShardDataModule: token accounting, batches of int ids; the shards checked before a run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from jreg_lightning.data.datamodule import TokenShardDataModule
+from jreg_lightning.errors import ConfigError, InputNotFoundError
 from jreg_lightning.model_config import LlamaModelConfig
+from jreg_lightning.preflight import check_sequence_length, check_token_shards
 from tests.conftest import TINY_LLAMA
 from tests.corpora import prepare_small, write_corpus
 
@@ -23,11 +25,10 @@ def shards(tmp_path_factory):
     return root / "out"
 
 
-def _attached(data_dir, seq_len=32, batch_size=4, **llama) -> TokenShardDataModule:
-    """A data module whose trainer reference carries a model config, as in a fit."""
-    module = SimpleNamespace(llama_config=LlamaModelConfig(**{**TINY_LLAMA, **llama}))
+def _attached(data_dir, seq_len=32, batch_size=4) -> TokenShardDataModule:
+    """A data module with a one-device trainer reference, as in a fit."""
     data = TokenShardDataModule(data_dir=data_dir, seq_len=seq_len, batch_size=batch_size)
-    data.trainer = SimpleNamespace(lightning_module=module, world_size=1)
+    data.trainer = SimpleNamespace(world_size=1)
     return data
 
 
@@ -48,24 +49,25 @@ def test_setup_accounts_tokens_and_batches_are_int_ids(shards):
     assert int(batch.max()) < 300
 
 
-def test_vocab_larger_than_the_model_is_refused(shards):
-    with pytest.raises(ValueError, match=r"model.llama.vocab_size: 256 is below .* 300"):
-        _attached(shards, vocab_size=256).setup("fit")
+def test_vocab_larger_than_the_model_is_refused_before_the_run(shards):
+    # cli.py checks the shards against the model (preflight); setup does not repeat it.
+    with pytest.raises(ConfigError, match=r"model.llama.vocab_size=256 is below .* 300"):
+        check_token_shards(shards, ("train", "val"), seq_len=32, batch_size=4, vocab_size=256)
 
 
-def test_seq_len_above_the_model_positions_is_refused(shards):
+def test_seq_len_above_the_model_positions_is_refused_before_the_run():
     with pytest.raises(
-        ValueError, match=r"data.seq_len: 128 is above .*max_position_embeddings=64"
+        ConfigError, match=r"data.seq_len=128 is above .*max_position_embeddings=64"
     ):
-        _attached(shards, seq_len=128).setup("fit")
+        check_sequence_length(128, LlamaModelConfig(**TINY_LLAMA))
 
 
 def test_missing_or_foreign_folder_is_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"data.data_dir: .*train does not exist"):
+    with pytest.raises(InputNotFoundError, match=r"data.data_dir: .*train does not exist"):
         _attached(tmp_path / "nowhere").setup("fit")
     (tmp_path / "plain" / "train").mkdir(parents=True)
     (tmp_path / "plain" / "train" / "notes.txt").write_text("not shards")
-    with pytest.raises(ValueError, match=r"is not a litdata dataset"):
+    with pytest.raises(ConfigError, match=r"is not a litdata dataset"):
         _attached(tmp_path / "plain").setup("fit")
 
 

@@ -27,6 +27,7 @@ from jreg_lightning.analysis.text import (
 )
 from jreg_lightning.checkpoints import load_checkpoint_model
 from jreg_lightning.data.tokenizer import load_encoder, load_tokenizer
+from jreg_lightning.errors import ConfigError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -109,24 +110,24 @@ def analyze(
         The analysis dict also written to analysis.json.
     """
     if not inputs:
-        raise ValueError("analyze: --inputs is empty; pass at least one model, checkpoint or run")
+        raise ConfigError("analyze: --inputs is empty; pass at least one model, checkpoint or run")
     if names is not None and len(names) != len(inputs):
-        raise ValueError(
+        raise ConfigError(
             f"analyze: --names has {len(names)} labels for {len(inputs)} inputs; give one each"
         )
     if dtype not in _DTYPES:
-        raise ValueError(f"analyze: --dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+        raise ConfigError(f"analyze: --dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
     for name, value in (
         ("seq_len", seq_len),
         ("batch_size", batch_size),
         ("max_batches", max_batches),
     ):
         if value < 1:
-            raise ValueError(f"analyze: --{name} must be >= 1, got {value}")
+            raise ConfigError(f"analyze: --{name} must be >= 1, got {value}")
     if stage not in ("val", "train"):
-        raise ValueError(f"analyze: --stage must be val or train, got {stage!r}")
+        raise ConfigError(f"analyze: --stage must be val or train, got {stage!r}")
     if documents is not None and (data is not None or text is not None):
-        raise ValueError(
+        raise ConfigError(
             "analyze: --documents reads its own file; pass it without --data and --text"
         )
     if documents is not None:
@@ -165,14 +166,14 @@ def analyze(
         if data is not None:
             known = shard_vocab_size(Path(data))
             if known is not None and vocab_size is not None and known > vocab_size:
-                raise ValueError(
+                raise ConfigError(
                     f"analyze: shards in {data} have vocab_size {known} but {source.name} has "
                     f"{vocab_size} embeddings; use shards made with that model's tokenizer"
                 )
             return shard_batches(data, split, seq_len, batch_size, max_batches)
         tokenizer_path = tokenizer or (str(source.path) if source.kind == "hf" else None)
         if text is None or tokenizer_path is None:
-            raise ValueError(
+            raise ConfigError(
                 f"analyze: {source.name} needs text: pass --data prepared shards, or --text a "
                 "file with --tokenizer a tokenizer.json (or a model folder that holds one)"
             )
@@ -181,7 +182,7 @@ def analyze(
     def document_tokenizer(source: Source):
         path = tokenizer or (str(source.path) if source.kind == "hf" else None)
         if path is None:
-            raise ValueError(
+            raise ConfigError(
                 f"analyze: {source.name} needs a tokenizer for --documents; pass --tokenizer "
                 "a tokenizer.json or a model folder that holds one"
             )

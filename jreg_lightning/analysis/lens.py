@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from jreg_lightning.errors import ConfigError
+
 # Attribute names of the final norm on the base model across HF families
 # (Llama/Mistral/Qwen: norm, GPT-2: ln_f, GPT-NeoX: final_layer_norm, OPT: final_layer_norm,
 # Phi: final_layernorm).
@@ -60,7 +62,7 @@ def find_decoder_parts(model: nn.Module) -> DecoderParts:
             layers = module
             break
     if layers is None:
-        raise ValueError(
+        raise ConfigError(
             f"analysis: found no list of {expected} blocks in {type(model).__name__}; "
             "pass a transformer whose config gives num_hidden_layers"
         )

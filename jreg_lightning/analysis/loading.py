@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from jreg_lightning.checkpoints import is_distributed_checkpoint, read_checkpoint_meta
+from jreg_lightning.errors import ConfigError, InputNotFoundError
 
 SourceKind = Literal["hf", "checkpoint", "series", "run_logs"]
 _CHECKPOINT_SUFFIX = ".ckpt"
@@ -49,7 +50,7 @@ def classify(path: str | Path, name: str | None = None) -> Source:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"analyze: input {path} does not exist; pass a HF model folder, a .ckpt file, a "
             "folder of checkpoints or a run directory"
         )
@@ -64,7 +65,7 @@ def classify(path: str | Path, name: str | None = None) -> Source:
         return Source(path / "checkpoints", "series", name or path.name)
     if path.is_dir() and metrics_files(path):
         return Source(path, "run_logs", label)
-    raise ValueError(
+    raise ConfigError(
         f"analyze: cannot tell what {path} is: no config.json (HF model), no *.ckpt "
         "(checkpoints) and no metrics.csv (run logs) in it; pass one of those"
     )
@@ -98,7 +99,7 @@ def series_in_order(folder: Path) -> list[tuple[int, Path]]:
     for path in checkpoint_files(folder):
         step = checkpoint_step(path)
         if step is None:
-            raise ValueError(f"checkpoint {path} has no global_step; it cannot be put in a series")
+            raise ConfigError(f"checkpoint {path} has no global_step; it cannot be put in a series")
         if step not in by_step or by_step[step].stem.startswith("last"):
             by_step[step] = path
     return sorted(by_step.items())
@@ -116,7 +117,7 @@ def load_hf_model(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Mo
     try:
         config = AutoConfig.from_pretrained(path, **options)
     except (ValueError, OSError) as err:
-        raise ValueError(
+        raise ConfigError(
             f"analyze: {path}/config.json is not a config transformers can read without remote "
             f"code ({err}); pass a model of a family transformers ships"
         ) from None

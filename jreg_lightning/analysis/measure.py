@@ -23,6 +23,7 @@ from jreg_lightning.displacement import (
     layer_sums_and_counts,
     profile_spread,
 )
+from jreg_lightning.errors import ConfigError
 from jreg_lightning.losses import (
     early_exit_loss_sum,
     next_token_split,
@@ -183,7 +184,7 @@ def measure_model(
     finally:
         model.train(was_training)
     if batch_count == 0:
-        raise ValueError("analysis: the text gave no batch; give more text or a smaller batch")
+        raise ConfigError("analysis: the text gave no batch; give more text or a smaller batch")
     profiles = {
         "post_norm": (psi[0] / positions).tolist(),
         "pre_norm": (psi[1] / positions).tolist(),

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from jreg_lightning.analysis.loading import metrics_files
+from jreg_lightning.errors import ConfigError, InputNotFoundError
 
 _LAYER_COLUMN = re.compile(r"^(?P<stage>\w+)/psi/layer_(?P<layer>\d+)$")
 
@@ -37,7 +38,7 @@ def read_logged_series(run_dir: str | Path, stage: str = "val") -> dict:
     run_dir = Path(run_dir)
     files = metrics_files(run_dir)
     if not files:
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"analyze: no metrics.csv under {run_dir}; pass the run's directory "
             "(trainer.default_root_dir) of a run logged with CSVLogger"
         )
@@ -56,7 +57,7 @@ def read_logged_series(run_dir: str | Path, stage: str = "val") -> dict:
                     continue
                 by_step[int(float(row["step"]))] = row
     if not by_step:
-        raise ValueError(
+        raise ConfigError(
             f"analyze: {run_dir} has no {stage}/psi/layer_NN values in its metrics.csv; "
             f"use --stage {'train' if stage == 'val' else 'val'} or a run that logged them"
         )

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from jreg_lightning.data.sources import COMPRESSED_SUFFIXES, open_binary
 from jreg_lightning.data.tokenizer import encode_texts
+from jreg_lightning.errors import ConfigError, InputNotFoundError
 
 # Lines of text encoded together when reading a text file.
 _TEXT_CHUNK_CHARS = 1 << 16
@@ -32,7 +33,7 @@ def shard_dir(data: Path, split: str) -> Path:
         return data / split
     if (data / "index.json").is_file():
         return data
-    raise FileNotFoundError(
+    raise InputNotFoundError(
         f"analyze: {data} holds no litdata dataset ({data / split}/index.json is missing); "
         "pass --data a folder made by `prepare` (with train/ and val/) and --split train or val"
     )
@@ -82,7 +83,7 @@ def text_batches(
     """Batches of ``seq_len + 1`` token blocks from a UTF-8 text file, read in chunks."""
     path = Path(text)
     if not path.is_file():
-        raise FileNotFoundError(f"analyze: text file {path} does not exist; pass --text a file")
+        raise InputNotFoundError(f"analyze: text file {path} does not exist; pass --text a file")
     block = seq_len + 1
     needed = batch_size * block
     pending: list[int] = []
@@ -156,14 +157,14 @@ def documents_format(path: str | Path) -> str:
     """``jsonl`` or ``txt``: how ``read_document_texts`` reads ``path``; one-line errors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"analyze: documents file {path} does not exist; pass --documents a .jsonl or .txt file"
         )
     name = path.name.lower()
     for suffix in COMPRESSED_SUFFIXES:
         name = name.removesuffix(suffix)
     if not name.endswith((".jsonl", ".json", ".txt")):
-        raise ValueError(
+        raise ConfigError(
             f"analyze: --documents {path} is not .jsonl, .json or .txt (optionally compressed); "
             "pass one document per line in one of those"
         )
@@ -184,13 +185,13 @@ def read_document_texts(path: str | Path, text_field: str = "text") -> Iterator[
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise ValueError(
+                    raise ConfigError(
                         f"analyze: {path} line {number} is not valid JSON ({error.msg}); "
                         "fix or remove that line"
                     ) from None
                 text = record.get(text_field) if isinstance(record, dict) else None
                 if not isinstance(text, str):
-                    raise ValueError(
+                    raise ConfigError(
                         f"analyze: {path} line {number} has no text field {text_field!r}; "
                         "pass --text_field with the field that holds the text"
                     )
@@ -209,7 +210,7 @@ def encode_documents(
     """
     special = tokenizer.num_special_tokens_to_add(False)
     if max_length <= special:
-        raise ValueError(
+        raise ConfigError(
             f"analyze: max length {max_length} leaves no room for a document beside "
             f"{special} special tokens; use a model with a longer max_position_embeddings"
         )

@@ -34,6 +34,7 @@ class ResumableTokenLoader(StreamingDataLoader):
         yield from super().__iter__()
 
 
+# Splits each stage reads (also what cli.py checks before it starts the stage).
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("val",)}
 
 
@@ -46,10 +47,11 @@ class TokenShardDataModule(L.LightningDataModule):
     when it is constructed, and LightningCLI builds this object before the
     process group exists.
 
-    ``setup`` checks the shards against the model (one-line errors) and logs
-    the token accounting: tokens on disk, tokens usable as blocks (litdata's
-    ``TokensLoader`` drops each chunk's tail shorter than a block) and the
-    tokens one epoch really yields across all ranks. Resume: the Trainer saves
+    ``setup`` logs the token accounting: tokens on disk, tokens usable as
+    blocks (litdata's ``TokensLoader`` drops each chunk's tail shorter than a
+    block) and the tokens one epoch really yields across all ranks. The checks
+    against the model are ``jreg_lightning.preflight``'s, made by ``cli.py``
+    before a stage starts. Resume: the Trainer saves
     and restores the ``StreamingDataLoader`` position when ``max_steps`` drives
     the run; keep ``seed``, ``shuffle``, ``batch_size`` and the device count fixed.
 
@@ -80,24 +82,15 @@ class TokenShardDataModule(L.LightningDataModule):
         self.seed = seed
         self.accounting: dict[str, dict[str, int]] = {}
 
-    # ------------------------------------------------------------------ checks
+    # ------------------------------------------------------------------ accounting
     def setup(self, stage: str) -> None:
-        """Check the shards of this stage against the model; log the token accounting."""
-        model = self.trainer.lightning_module if self.trainer is not None else None
-        llama = getattr(model, "llama_config", None)
-        if llama is not None and self.seq_len > llama.max_position_embeddings:
-            raise ValueError(
-                f"data.seq_len: {self.seq_len} is above model.llama.max_position_embeddings="
-                f"{llama.max_position_embeddings}; lower data.seq_len or raise "
-                "max_position_embeddings"
-            )
+        """Log the token accounting of this stage's splits (read from their ``index.json``).
+
+        The shards are checked against the model and the batch size by
+        ``jreg_lightning.preflight`` before ``cli.py`` starts a stage; a missing
+        or broken split folder fails here in one line (``read_index``).
+        """
         meta = read_meta(self.data_dir)
-        if meta is not None and llama is not None and meta["vocab_size"] > llama.vocab_size:
-            raise ValueError(
-                f"model.llama.vocab_size: {llama.vocab_size} is below the shards' vocabulary of "
-                f"{meta['vocab_size']} ({self.data_dir / 'meta.json'}); set "
-                f"model.llama.vocab_size >= {meta['vocab_size']}"
-            )
         packed_for = meta.get("seq_len") if meta else None
         if packed_for is not None and packed_for != self.seq_len:
             rank_zero_warn(
@@ -110,12 +103,6 @@ class TokenShardDataModule(L.LightningDataModule):
             per_chunk = chunk_tokens(read_index(self.data_dir / split))
             total, usable = sum(per_chunk), usable_tokens(per_chunk, block)
             self.accounting[split] = {"tokens": total, "usable_tokens": usable}
-            if usable < block * self.batch_size:
-                raise ValueError(
-                    f"data.data_dir: {self.data_dir / split} holds {usable // block} block(s) of "
-                    f"seq_len+1={block} tokens, fewer than one batch of data.batch_size="
-                    f"{self.batch_size}; prepare more text or lower data.seq_len / batch_size"
-                )
             lost = total - usable
             rank_zero_info(
                 f"data: {split}: {total:,} tokens in shards, {usable:,} usable as "

@@ -15,6 +15,8 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+from jreg_lightning.errors import ConfigError, JregError
+
 # Test suites, the IDE and vendored code: little prose, much code.
 SKIPPED_PARTS = {
     "test",
@@ -92,7 +94,7 @@ def write_demo_corpus(
             (the standard library's code, the study's).
     """
     if kind not in CORPORA:
-        raise ValueError(f"corpus: {kind!r} is not one of {sorted(CORPORA)}")
+        raise ConfigError(f"corpus: {kind!r} is not one of {sorted(CORPORA)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     documents = characters = 0
@@ -105,7 +107,7 @@ def write_demo_corpus(
             documents += 1
             characters += len(text)
     if documents == 0:
-        raise RuntimeError(
+        raise JregError(
             "demo: found no standard-library source or pydoc topics in this Python "
             f"({sysconfig.get_paths()['stdlib']}); pass your own text to `cli.py prepare`"
         )

@@ -52,6 +52,7 @@ from jreg_lightning.data.tokenizer import (
     load_tokenizer,
     train_byte_level_bpe,
 )
+from jreg_lightning.errors import ConfigError, OutputExistsError
 
 _TOKENIZERS: dict[str, object] = {}
 COUNTS_FOLDER = ".token_counts"
@@ -213,14 +214,14 @@ def _held_out(
     """The global numbers of the validation documents, sorted (a seeded random subset)."""
     if val_documents is None:
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction: {val_fraction} is not in (0, 1); pass e.g. 0.01")
+            raise ConfigError(f"val_fraction: {val_fraction} is not in (0, 1); pass e.g. 0.01")
         count = max(1, round(val_fraction * num_documents))
     else:
         count = val_documents
         if count < 1:
-            raise ValueError(f"val_documents: {count} is below 1; pass at least 1")
+            raise ConfigError(f"val_documents: {count} is below 1; pass at least 1")
     if count >= num_documents:
-        raise ValueError(
+        raise ConfigError(
             f"val_documents: {count} of {num_documents} documents leaves none for training; "
             "pass a smaller --val_documents / --val_fraction or more input"
         )
@@ -232,14 +233,14 @@ def _check_output(output: Path, overwrite: bool, inputs: Sequence[str]) -> None:
     for entry in inputs:
         source = Path(entry).absolute()
         if source == output or output in source.parents:
-            raise ValueError(
+            raise ConfigError(
                 f"output_dir: {output} contains the input {entry}; choose an --output_dir "
                 "outside the inputs"
             )
     if output.exists() and not output.is_dir():
-        raise ValueError(f"output_dir: {output} is a file; pass a folder path")
+        raise ConfigError(f"output_dir: {output} is a file; pass a folder path")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"output_dir: {output} already holds data; pass --overwrite to replace it "
             "or choose another --output_dir"
         )
@@ -396,13 +397,13 @@ def prepare(
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     output = Path(output_dir).absolute()
     if seq_len < 1:
-        raise ValueError(f"seq_len: {seq_len} is below 1; pass a positive --seq_len")
+        raise ConfigError(f"seq_len: {seq_len} is below 1; pass a positive --seq_len")
     if chunk_blocks != "auto" and (not isinstance(chunk_blocks, int) or chunk_blocks < 1):
-        raise ValueError(
+        raise ConfigError(
             f"chunk_blocks: {chunk_blocks} is not a positive number; pass e.g. 1024 or auto"
         )
     if shuffle_buffer < 1:
-        raise ValueError(f"shuffle_buffer: {shuffle_buffer} is below 1; pass e.g. 4096")
+        raise ConfigError(f"shuffle_buffer: {shuffle_buffer} is below 1; pass e.g. 4096")
     partial_dir = output.parent / f".{output.name}.partial"
     old_dir = output.parent / f".{output.name}.old"
     _recover_interrupted_swap(output, old_dir)

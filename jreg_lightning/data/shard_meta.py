@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from jreg_lightning.errors import ConfigError, InputNotFoundError
+
 META_FILE = "meta.json"
 INDEX_FILE = "index.json"
 DTYPE_LIMITS = {"uint16": 2**16, "int32": 2**31}
@@ -15,9 +17,9 @@ def token_dtype(vocab_size: int, dtype: str = "auto") -> str:
     if dtype == "auto":
         dtype = "uint16" if vocab_size <= DTYPE_LIMITS["uint16"] else "int32"
     if dtype not in DTYPE_LIMITS:
-        raise ValueError(f"dtype: {dtype!r} is not one of auto, uint16, int32")
+        raise ConfigError(f"dtype: {dtype!r} is not one of auto, uint16, int32")
     if vocab_size > DTYPE_LIMITS[dtype]:
-        raise ValueError(
+        raise ConfigError(
             f"dtype: vocab_size {vocab_size} does not fit {dtype} (ids up to "
             f"{DTYPE_LIMITS[dtype] - 1}); pass --dtype int32 or --dtype auto"
         )
@@ -32,7 +34,7 @@ def read_meta(data_dir: str | Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(
+        raise ConfigError(
             f"data_dir: {path} is unreadable ({error}); re-run `cli.py prepare` into that folder"
         ) from None
 
@@ -42,7 +44,7 @@ def read_index(split_dir: str | Path) -> dict:
     split_dir = Path(split_dir)
     path = split_dir / INDEX_FILE
     if not split_dir.is_dir():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"data.data_dir: {split_dir} does not exist; run `python cli.py prepare` "
             "or point data.data_dir at a folder holding train/ and val/"
         )
@@ -50,7 +52,7 @@ def read_index(split_dir: str | Path) -> dict:
         index = json.loads(path.read_text())
         index["chunks"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(
+        raise ConfigError(
             f"data.data_dir: {split_dir} is not a litdata dataset ({path} missing or unreadable); "
             "write it with `python cli.py prepare`"
         ) from None

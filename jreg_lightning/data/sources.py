@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from jreg_lightning.errors import ConfigError, InputNotFoundError, InputUnreadableError
+
 TEXT_SUFFIXES = (".txt",)
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
@@ -116,13 +118,13 @@ def _reading(path: Path) -> Iterator[None]:
     try:
         yield
     except (EOFError, OSError, lzma.LZMAError, gzip.BadGzipFile) as error:
-        raise ValueError(
+        raise ConfigError(
             f"inputs: {path} is corrupt or truncated ({type(error).__name__}: {error}); "
             "re-download or re-compress it, or leave it out"
         ) from None
     except Exception as error:
         if type(error).__module__.startswith("zstandard") or "Zstd" in type(error).__name__:
-            raise ValueError(
+            raise ConfigError(
                 f"inputs: {path} is corrupt or truncated (zstd: {error}); "
                 "re-download or re-compress it, or leave it out"
             ) from None
@@ -204,7 +206,7 @@ def _source_files(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
         if glob.has_magic(str(entry)):
             matches = sorted(glob.glob(str(entry), recursive=True))
             if not matches:
-                raise FileNotFoundError(
+                raise InputNotFoundError(
                     f"inputs: the pattern {entry} matches no file; check the path "
                     "(quote the pattern so that the shell does not expand it)"
                 )
@@ -213,7 +215,7 @@ def _source_files(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
             expanded.append(Path(entry))
     for path in expanded:
         if not path.exists():
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"inputs: {path} does not exist; pass existing files, folders or globs of "
                 f"{SUPPORTED}, or a datasets save_to_disk folder"
             )
@@ -232,7 +234,7 @@ def _source_files(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
             elif suffix in PARQUET_SUFFIXES:
                 found.append((file, "parquet"))
             elif not path.is_dir():
-                raise ValueError(
+                raise ConfigError(
                     f"inputs: {file} has an unsupported suffix {''.join(file.suffixes)!r}; "
                     f"use {SUPPORTED}, or a datasets save_to_disk folder"
                 )
@@ -241,7 +243,7 @@ def _source_files(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
 
 def _open_check(path: Path) -> None:
     if not os.access(path, os.R_OK):
-        raise PermissionError(
+        raise InputUnreadableError(
             f"inputs: cannot read {path} (permission denied); fix its permissions or leave it out"
         )
 
@@ -250,7 +252,7 @@ def _utf8(raw: bytes, path: Path, where: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(
+        raise ConfigError(
             f"inputs: {path}{where} is not valid UTF-8 (byte {error.start}); "
             "re-encode the file as UTF-8 (e.g. iconv -t UTF-8) or leave it out"
         ) from None
@@ -264,19 +266,19 @@ def _jsonl_text(line: bytes, path: Path, line_number: int, text_field: str) -> s
     try:
         record = json.loads(decoded)
     except json.JSONDecodeError as error:
-        raise ValueError(
+        raise ConfigError(
             f"inputs: {path} line {line_number} is not valid JSON ({error.msg}); "
             "fix or remove that line"
         ) from None
     if not isinstance(record, dict) or text_field not in record:
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise ValueError(
+        raise ConfigError(
             f"inputs: {path} line {line_number} has no field {text_field!r} (found {keys}); "
             "pass --text_field with the field that holds the text"
         )
     text = record[text_field]
     if not isinstance(text, str):
-        raise ValueError(
+        raise ConfigError(
             f"inputs: {path} line {line_number} field {text_field!r} is {type(text).__name__}, "
             "not a string; pass --text_field naming a text field"
         )
@@ -293,7 +295,7 @@ def _parquet_column(path: Path, column: str):
     parquet = pq.ParquetFile(path)
     names = parquet.schema_arrow.names
     if column not in names:
-        raise ValueError(
+        raise ConfigError(
             f"inputs: {path} has no column {column!r} (columns: {names}); "
             "pass --text_field with the column that holds the text"
         )
@@ -310,12 +312,12 @@ def _load_datasets_folder(path: Path, column: str):
         ) from None
     dataset = load_from_disk(str(path))
     if hasattr(dataset, "column_names") and isinstance(dataset.column_names, dict):
-        raise ValueError(
+        raise ConfigError(
             f"inputs: {path} is a DatasetDict with splits {list(dataset.keys())}; "
             f"pass one split's folder (e.g. {path}/train)"
         )
     if column not in dataset.column_names:
-        raise ValueError(
+        raise ConfigError(
             f"inputs: {path} has no column {column!r} (columns: {dataset.column_names}); "
             "pass --text_field with the column that holds the text"
         )
@@ -371,11 +373,11 @@ def scan_inputs(
             files are split every ``RANGE_BYTES``, compressed ones not at all).
     """
     if not inputs:
-        raise ValueError("inputs: no input given; pass --inputs with files or folders of text")
+        raise ConfigError("inputs: no input given; pass --inputs with files or folders of text")
     result = ScanResult()
     sources = _source_files(inputs)
     if not sources:
-        raise ValueError(
+        raise ConfigError(
             f"inputs: no supported file found in {[str(p) for p in inputs]}; "
             f"point --inputs at files or folders of {SUPPORTED}"
         )
@@ -440,7 +442,7 @@ def scan_inputs(
                 result.characters += sum(map(len, texts))
                 add(path, kind, start, len(values), len(texts), len(values) - len(texts))
     if result.num_documents == 0:
-        raise ValueError(
+        raise ConfigError(
             f"inputs: no non-empty document in {len(result.files)} file(s) "
             f"({result.empty_documents} empty); check --inputs and --text_field"
         )
@@ -455,7 +457,7 @@ class BpeSample:
 
     def __init__(self, ranges: Sequence[DocumentRange], characters: int, max_bytes: int) -> None:
         if max_bytes < 1:
-            raise ValueError(f"bpe_sample_bytes: {max_bytes} is below 1; pass e.g. 536870912")
+            raise ConfigError(f"bpe_sample_bytes: {max_bytes} is below 1; pass e.g. 536870912")
         self.ranges = ranges
         self.max_bytes = max_bytes
         self.every = max(1, math.ceil(characters / max_bytes))

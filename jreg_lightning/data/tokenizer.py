@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from jreg_lightning.errors import ConfigError, InputNotFoundError
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
@@ -39,18 +41,11 @@ def _without_truncation_or_padding(tokenizer: Tokenizer) -> Tokenizer:
     return tokenizer
 
 
-def _missing(path: Path) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"tokenizer: {path} does not exist; pass a tokenizer.json file or a local "
-        "tokenizer folder (tokenizer.json or sentencepiece tokenizer.model)"
-    )
-
-
 def _from_json_file(path: Path) -> Tokenizer:
     try:
         return Tokenizer.from_file(str(path))
     except Exception as error:
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer: {path} is not a tokenizers JSON file ({error}); "
             "pass a tokenizer.json written by the tokenizers library"
         ) from None
@@ -68,14 +63,14 @@ def _converted_folder(path: Path) -> Tokenizer:
         hint = ""
         if (path / "tokenizer.model").is_file():
             hint = " (a sentencepiece folder needs: pip install sentencepiece protobuf)"
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer: {path} holds no tokenizer.json and transformers could not load it "
             f"({type(error).__name__}){hint}; pass a folder saved with save_pretrained "
             "or a tokenizer.json"
         ) from None
     backend = getattr(hf, "backend_tokenizer", None)
     if backend is None:
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer: {path} is a slow (Python) tokenizer; convert it to a fast one "
             "(tokenizer.json) with transformers and pass that"
         )
@@ -90,7 +85,10 @@ def load_tokenizer(path: str | Path) -> tuple[Tokenizer, str | None]:
     """
     path = Path(path)
     if not path.exists():
-        raise _missing(path)
+        raise InputNotFoundError(
+            f"tokenizer: {path} does not exist; pass a tokenizer.json file or a local "
+            "tokenizer folder (tokenizer.json or sentencepiece tokenizer.model)"
+        )
     if path.is_file():
         return _without_truncation_or_padding(_from_json_file(path)), None
     if (path / TOKENIZER_FILE).is_file():
@@ -145,7 +143,7 @@ def load_hf_tokenizer(
         known = (t for t in KNOWN_EOS_TOKENS if tokenizer.token_to_id(t) is not None)
         eos_token = next(known, None)
     if eos_token is None or tokenizer.token_to_id(eos_token) is None:
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer: no end-of-text token in {path} (tried {eos_token or KNOWN_EOS_TOKENS}); "
             "pass --eos_token with the name of one of its special tokens"
         )
@@ -182,7 +180,7 @@ def eos_token_id(tokenizer: Tokenizer, eos_token: str | None) -> int:
         token_id = tokenizer.token_to_id(token)
         if token_id is not None:
             return token_id
-    raise ValueError(
+    raise ConfigError(
         f"eos_token: none of {list(candidates)} is in the tokenizer's vocabulary; "
         "pass --eos_token with the token that ends a document"
     )
@@ -191,7 +189,7 @@ def eos_token_id(tokenizer: Tokenizer, eos_token: str | None) -> int:
 def train_byte_level_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """A byte-level BPE of ``vocab_size`` tokens trained on ``texts``; ``<|endoftext|>`` is id 0."""
     if vocab_size < 257:
-        raise ValueError(
+        raise ConfigError(
             f"vocab_size: {vocab_size} is below 257 (256 bytes + EOS); pass a larger --vocab_size"
         )
     tokenizer = Tokenizer(models.BPE())

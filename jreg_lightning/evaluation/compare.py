@@ -6,6 +6,7 @@ import gc
 import json
 from pathlib import Path
 
+from jreg_lightning.errors import ConfigError
 from jreg_lightning.evaluation.evaluate import Backend, evaluate_tasks
 from jreg_lightning.evaluation.models import load_eval_model
 from jreg_lightning.evaluation.perplexity import measure_perplexity
@@ -104,11 +105,11 @@ def compare(
     """
     tasks = [tasks] if isinstance(tasks, str) else list(tasks or [])
     if len(models) < 2:
-        raise ValueError("models: pass two or more, e.g. --models [runs/base/hf,runs/jreg/hf]")
+        raise ConfigError("models: pass two or more, e.g. --models [runs/base/hf,runs/jreg/hf]")
     if names is not None and len(names) != len(models):
-        raise ValueError(f"names: got {len(names)} names for {len(models)} models; give one each")
+        raise ConfigError(f"names: got {len(names)} names for {len(models)} models; give one each")
     if not tasks and data is None:
-        raise ValueError("compare needs --tasks and/or --data: there is nothing to measure")
+        raise ConfigError("compare needs --tasks and/or --data: there is nothing to measure")
     results: dict[str, dict] = {}
     for index, path in enumerate(models):
         loaded = load_eval_model(path, tokenizer, names[index] if names else None, device)

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from jreg_lightning.errors import ConfigError
 from jreg_lightning.evaluation.models import EvalModel, load_eval_model, require_tokenizer
 from jreg_lightning.evaluation.scorer import score_task
 from jreg_lightning.evaluation.tasks import load_task, read_task_config
@@ -40,7 +41,7 @@ def evaluate_tasks(
             }
         return results
     if backend != "harness":
-        raise ValueError(f"backend: {backend!r} is not one of builtin, harness")
+        raise ConfigError(f"backend: {backend!r} is not one of builtin, harness")
     from jreg_lightning.evaluation.harness import run_harness
 
     device = str(model.device)
@@ -80,7 +81,9 @@ def evaluate(
     """
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     if not tasks:
-        raise ValueError("tasks: pass at least one task YAML, e.g. --tasks tests/data/tiny_mc.yaml")
+        raise ConfigError(
+            "tasks: pass at least one task YAML, e.g. --tasks tests/data/tiny_mc.yaml"
+        )
     for path in tasks:  # fail on a bad task file before loading the model
         read_task_config(path)
     loaded = load_eval_model(model, tokenizer, device=device)

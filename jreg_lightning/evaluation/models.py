@@ -10,6 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from jreg_lightning.checkpoints import load_checkpoint_model
 from jreg_lightning.data.tokenizer import load_hf_tokenizer
+from jreg_lightning.errors import ConfigError, InputNotFoundError
 
 
 @dataclass
@@ -66,7 +67,7 @@ def load_eval_model(
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"model: {path} does not exist; pass an exported HF folder or a .ckpt checkpoint"
         )
     hf_folder = is_hf_folder(path)
@@ -88,7 +89,7 @@ def load_eval_model(
 def require_tokenizer(model: EvalModel, what: str) -> PreTrainedTokenizerBase:
     """The model's tokenizer, or a one-line error saying how to give one."""
     if model.tokenizer is None:
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer: {what} needs a tokenizer and {model.path} has none; pass --tokenizer "
             "PATH (tokenizer.json or folder) or use an exported HF folder"
         )

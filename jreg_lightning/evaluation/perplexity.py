@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 
 from jreg_lightning.analysis.measure import measure_model
 from jreg_lightning.analysis.text import shard_batches, shard_dir, shard_vocab_size
+from jreg_lightning.errors import ConfigError, InputNotFoundError
 from jreg_lightning.evaluation.models import EvalModel, load_eval_model, require_tokenizer
 
 
@@ -89,10 +90,12 @@ def measure_perplexity(
     """Perplexity of a loaded model on token shards or a text file (see ``perplexity``)."""
     data = Path(data)
     if not data.exists():
-        raise FileNotFoundError(f"data: {data} does not exist; pass prepared shards or a .txt file")
+        raise InputNotFoundError(
+            f"data: {data} does not exist; pass prepared shards or a .txt file"
+        )
     seq_len = seq_len or model.max_length
     if seq_len > model.max_length:
-        raise ValueError(
+        raise ConfigError(
             f"seq_len: {seq_len} exceeds the model's max_position_embeddings {model.max_length}; "
             "pass a smaller --seq_len"
         )
@@ -107,7 +110,7 @@ def measure_perplexity(
         source = str(shard_dir(data, split))
         vocab = shard_vocab_size(data)
         if vocab is not None and vocab > model.model.config.vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"data: {data} was tokenized with {vocab} tokens but the model has "
                 f"{model.model.config.vocab_size}; use the data the model was trained on"
             )

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from jreg_lightning.errors import ConfigError
 from jreg_lightning.evaluation.tasks import MultipleChoiceTask
 
 
@@ -46,7 +47,7 @@ def encode_pair(
         prefix = tokenizer.bos_token_id
         prefix = tokenizer.eos_token_id if prefix is None else prefix
         if prefix is None:
-            raise ValueError(
+            raise ConfigError(
                 "tokenizer: an empty context needs a BOS or EOS token; export the model with "
                 "--eos_token"
             )
@@ -80,7 +81,7 @@ def continuation_loglikelihoods(
         rows = []
         for context_ids, continuation_ids in pairs[start : start + batch_size]:
             if not continuation_ids:
-                raise ValueError("a choice encoded to no tokens; check the task's choices")
+                raise ConfigError("a choice encoded to no tokens; check the task's choices")
             rows.append(
                 ((context_ids + continuation_ids)[-(max_length + 1) :][:-1], continuation_ids)
             )
@@ -118,7 +119,7 @@ def score_task(
     """
     docs = task.docs if limit is None else task.docs[:limit]
     if not docs:
-        raise ValueError(f"tasks: {task.yaml_path} has no documents in the evaluated split")
+        raise ConfigError(f"tasks: {task.yaml_path} has no documents in the evaluated split")
     pairs, choice_lists, targets = [], [], []
     for doc in docs:
         context, choices = task.context(doc), task.choices(doc)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from jreg_lightning.errors import ConfigError, InputNotFoundError
+
 _SUPPORTED_SPLITS = ("test_split", "validation_split")
 
 
@@ -62,7 +64,7 @@ class MultipleChoiceTask:
             return [str(choice) for choice in spec]
         value = doc[spec] if spec in doc else ast.literal_eval(_render(spec, doc))
         if not isinstance(value, list) or not value:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.yaml_path}: doc_to_choice gave {value!r} for a document; it must give "
                 "a non-empty list of strings"
             )
@@ -75,7 +77,7 @@ class MultipleChoiceTask:
         if isinstance(value, str):
             value = int(value) if value.strip().isdigit() else _index_of(value, choices, self)
         if not isinstance(value, int) or not 0 <= value < len(choices):
-            raise ValueError(
+            raise ConfigError(
                 f"{self.yaml_path}: doc_to_target gave {value!r}, not an index into the "
                 f"{len(choices)} choices"
             )
@@ -84,7 +86,7 @@ class MultipleChoiceTask:
 
 def _index_of(value: str, choices: list[str], task: MultipleChoiceTask) -> int:
     if value not in choices:
-        raise ValueError(f"{task.yaml_path}: target {value!r} is not one of the choices")
+        raise ConfigError(f"{task.yaml_path}: target {value!r} is not one of the choices")
     return choices.index(value)
 
 
@@ -108,7 +110,7 @@ def data_files(config: dict, yaml_path: Path) -> dict[str, list[Path]]:
     """The task's ``dataset_kwargs.data_files`` per split, resolved against the YAML's folder."""
     files = (config.get("dataset_kwargs") or {}).get("data_files")
     if files is None:
-        raise ValueError(
+        raise ConfigError(
             f"{yaml_path}: dataset_kwargs.data_files is missing; name the local JSONL file(s), "
             "e.g. data_files: {test: my_task.jsonl}"
         )
@@ -125,22 +127,22 @@ def read_task_config(yaml_path: str | Path) -> dict:
     """The task YAML as a dict, checked to be a local JSON multiple-choice task."""
     path = Path(yaml_path)
     if not path.is_file():
-        raise FileNotFoundError(f"tasks: {path} does not exist; pass a task YAML file")
+        raise InputNotFoundError(f"tasks: {path} does not exist; pass a task YAML file")
     config = yaml.safe_load(path.read_text()) or {}
     if not isinstance(config, dict) or "task" not in config:
-        raise ValueError(f"tasks: {path} has no 'task' name; it is not a harness task YAML")
+        raise ConfigError(f"tasks: {path} has no 'task' name; it is not a harness task YAML")
     if config.get("dataset_path") != "json":
-        raise ValueError(
+        raise ConfigError(
             f"tasks: {path} has dataset_path {config.get('dataset_path')!r}; only local "
             "'json' tasks run offline (dataset_path: json with dataset_kwargs.data_files)"
         )
     if config.get("output_type", "multiple_choice") != "multiple_choice":
-        raise ValueError(
+        raise ConfigError(
             f"tasks: {path} has output_type {config['output_type']!r}; the evaluation "
             "commands score multiple_choice tasks"
         )
     if config.get("num_fewshot"):
-        raise ValueError(f"tasks: {path} sets num_fewshot; the built-in scorer is zero-shot")
+        raise ConfigError(f"tasks: {path} sets num_fewshot; the built-in scorer is zero-shot")
     return config
 
 
@@ -149,7 +151,7 @@ def evaluated_split(config: dict, yaml_path: Path) -> str:
     for key in _SUPPORTED_SPLITS:
         if config.get(key):
             return str(config[key])
-    raise ValueError(f"tasks: {yaml_path} names no test_split or validation_split")
+    raise ConfigError(f"tasks: {yaml_path} names no test_split or validation_split")
 
 
 def load_task(yaml_path: str | Path) -> MultipleChoiceTask:
@@ -163,13 +165,13 @@ def load_task(yaml_path: str | Path) -> MultipleChoiceTask:
     split = evaluated_split(config, path)
     files = data_files(config, path)
     if split not in files:
-        raise ValueError(
+        raise ConfigError(
             f"tasks: {path} evaluates split {split!r} but data_files names {sorted(files)}"
         )
     docs = []
     for file in files[split]:
         if not file.is_file():
-            raise FileNotFoundError(f"tasks: data file {file} of {path} does not exist")
+            raise InputNotFoundError(f"tasks: data file {file} of {path} does not exist")
         with file.open() as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
@@ -177,10 +179,10 @@ def load_task(yaml_path: str | Path) -> MultipleChoiceTask:
                 try:
                     docs.append(json.loads(line))
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"tasks: {file}:{number} is not JSON ({error})") from None
+                    raise ConfigError(f"tasks: {file}:{number} is not JSON ({error})") from None
     for key in ("doc_to_text", "doc_to_choice", "doc_to_target"):
         if key not in config:
-            raise ValueError(f"tasks: {path} has no {key}; a multiple-choice task needs it")
+            raise ConfigError(f"tasks: {path} has no {key}; a multiple-choice task needs it")
     return MultipleChoiceTask(
         name=str(config["task"]),
         yaml_path=path,

@@ -22,6 +22,7 @@ from jreg_lightning.analysis.plots import (
 )
 from jreg_lightning.analysis.run_logs import read_logged_series
 from jreg_lightning.data.shard_meta import read_meta
+from jreg_lightning.errors import ConfigError, JregError
 from jreg_lightning.study.runner import run_dir
 from jreg_lightning.study.spec import StudySpec
 
@@ -251,7 +252,7 @@ def write_report(spec: StudySpec, results: dict[str, dict], command: str) -> lis
     """
     finished = [name for name in spec.baselines if name in results]
     if not finished:
-        raise ValueError(
+        raise JregError(
             f"study: no baseline run has finished ({spec.baselines}); train them first "
             f"(python cli.py study --config {spec.path})"
         )
@@ -375,7 +376,7 @@ def update_readme(readme: Path, text: str) -> Path:
     """Replace what stands between the README's results markers with ``text``."""
     content = readme.read_text()
     if README_START not in content or README_END not in content:
-        raise ValueError(
+        raise ConfigError(
             f"study: {readme} has no {README_START} / {README_END} markers; add them where "
             "the results summary belongs, or drop 'readme' from the study file"
         )

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from jreg_lightning.errors import JregError
 from jreg_lightning.study.spec import RunSpec, StudySpec
 
 RESULT_FILE = "result.json"
@@ -100,7 +101,7 @@ def _cli(args: list[str], log: Path, threads: int) -> None:
             [sys.executable, "-c", _CLI, *args], stdout=handle, stderr=subprocess.STDOUT, env=env
         )
     if done.returncode != 0:
-        raise RuntimeError(
+        raise JregError(
             f"study: `cli.py {' '.join(args)}` failed (exit {done.returncode}); see {log}"
         )
 

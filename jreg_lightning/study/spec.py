@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from jreg_lightning.errors import ConfigError
+from jreg_lightning.errors import ConfigError, InputNotFoundError
 
 JREG_KEYS = ("lam", "weights", "last_k", "explicit_weights", "final_state")
 
@@ -103,11 +103,11 @@ def load_study(path: str | Path) -> StudySpec:
     """Read and check a study YAML; one-line errors name the key and the fix."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config: study file {path} not found; pass --config a study YAML")
+        raise InputNotFoundError(f"config: study file {path} not found; pass --config a study YAML")
     settings = yaml.safe_load(path.read_text()) or {}
     base = Path(_require(settings, "base", path))
     if not base.is_file():
-        raise FileNotFoundError(f"study: base config {base} (named in {path}) does not exist")
+        raise InputNotFoundError(f"study: base config {base} (named in {path}) does not exist")
     runs_in = _require(settings, "runs", path)
     if not isinstance(runs_in, dict) or not runs_in:
         raise ConfigError(f"study: 'runs' in {path} must map run names to their settings")
