@@ -10,7 +10,6 @@ read; nothing beyond one batch is held.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,8 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from jreg_lightning.data.sources import COMPRESSED_SUFFIXES, open_binary
+from jreg_lightning.data.shard_meta import read_meta
+from jreg_lightning.data.sources import COMPRESSED_SUFFIXES, json_line, open_binary
 from jreg_lightning.data.tokenizer import encode_texts
 from jreg_lightning.errors import ConfigError, InputNotFoundError
 
@@ -41,11 +41,8 @@ def shard_dir(data: Path, split: str) -> Path:
 
 def shard_vocab_size(data: Path) -> int | None:
     """``vocab_size`` from ``meta.json`` beside prepared shards, if there is one."""
-    meta = data / "meta.json"
-    if meta.is_file():
-        value = json.loads(meta.read_text()).get("vocab_size")
-        return int(value) if value is not None else None
-    return None
+    value = (read_meta(data) or {}).get("vocab_size")
+    return int(value) if value is not None else None
 
 
 def shard_batches(
@@ -182,13 +179,7 @@ def read_document_texts(path: str | Path, text_field: str = "text") -> Iterator[
             if not line.strip():
                 continue
             if is_json:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ConfigError(
-                        f"analyze: {path} line {number} is not valid JSON ({error.msg}); "
-                        "fix or remove that line"
-                    ) from None
+                record = json_line(line, path, number, "analyze")
                 text = record.get(text_field) if isinstance(record, dict) else None
                 if not isinstance(text, str):
                     raise ConfigError(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import bz2
 import glob
 import gzip
+import importlib
 import io
 import json
 import lzma
@@ -258,18 +259,23 @@ def _utf8(raw: bytes, path: Path, where: str) -> str:
         ) from None
 
 
+def json_line(line: str, path: Path, line_number: int, option: str) -> object:
+    """One line of a JSON-lines file, parsed; a one-line ``ConfigError`` naming ``option``,
+    the file and the line if it is not JSON."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"{option}: {path} line {line_number} is not valid JSON ({error.msg}); "
+            "fix or remove that line"
+        ) from None
+
+
 def _jsonl_text(line: bytes, path: Path, line_number: int, text_field: str) -> str | None:
     """The document of one JSONL line; ``None`` for a blank line."""
     if not line.strip():
         return None
-    decoded = _utf8(line, path, f" line {line_number}")
-    try:
-        record = json.loads(decoded)
-    except json.JSONDecodeError as error:
-        raise ConfigError(
-            f"inputs: {path} line {line_number} is not valid JSON ({error.msg}); "
-            "fix or remove that line"
-        ) from None
+    record = json_line(_utf8(line, path, f" line {line_number}"), path, line_number, "inputs")
     if not isinstance(record, dict) or text_field not in record:
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise ConfigError(
@@ -285,42 +291,39 @@ def _jsonl_text(line: bytes, path: Path, line_number: int, text_field: str) -> s
     return text
 
 
-def _parquet_column(path: Path, column: str):
+def _import_extra(module: str, path: Path, package: str, extra: str):
+    """``module``, imported; without it, an ``ImportError`` naming the input and the extra."""
     try:
-        import pyarrow.parquet as pq
+        return importlib.import_module(module)
     except ImportError:
         raise ImportError(
-            f"inputs: reading {path} needs pyarrow; install the extra: pip install -e '.[parquet]'"
+            f"inputs: reading {path} needs the {package} package; install the extra: "
+            f"pip install -e '.[{extra}]'"
         ) from None
-    parquet = pq.ParquetFile(path)
-    names = parquet.schema_arrow.names
+
+
+def _require_column(path: Path, column: str, names: list[str]) -> None:
     if column not in names:
         raise ConfigError(
             f"inputs: {path} has no column {column!r} (columns: {names}); "
             "pass --text_field with the column that holds the text"
         )
+
+
+def _parquet_column(path: Path, column: str):
+    parquet = _import_extra("pyarrow.parquet", path, "pyarrow", "parquet").ParquetFile(path)
+    _require_column(path, column, parquet.schema_arrow.names)
     return parquet
 
 
 def _load_datasets_folder(path: Path, column: str):
-    try:
-        from datasets import load_from_disk
-    except ImportError:
-        raise ImportError(
-            f"inputs: reading {path} (a datasets folder) needs the datasets package; "
-            "install the extra: pip install -e '.[datasets]'"
-        ) from None
-    dataset = load_from_disk(str(path))
+    dataset = _import_extra("datasets", path, "datasets", "datasets").load_from_disk(str(path))
     if hasattr(dataset, "column_names") and isinstance(dataset.column_names, dict):
         raise ConfigError(
             f"inputs: {path} is a DatasetDict with splits {list(dataset.keys())}; "
             f"pass one split's folder (e.g. {path}/train)"
         )
-    if column not in dataset.column_names:
-        raise ConfigError(
-            f"inputs: {path} has no column {column!r} (columns: {dataset.column_names}); "
-            "pass --text_field with the column that holds the text"
-        )
+    _require_column(path, column, dataset.column_names)
     return dataset
 
 

@@ -19,12 +19,12 @@ needs::
 from __future__ import annotations
 
 import ast
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from jreg_lightning.data.sources import json_line
 from jreg_lightning.errors import ConfigError, InputNotFoundError
 
 _SUPPORTED_SPLITS = ("test_split", "validation_split")
@@ -176,10 +176,7 @@ def load_task(yaml_path: str | Path) -> MultipleChoiceTask:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
-                try:
-                    docs.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ConfigError(f"tasks: {file}:{number} is not JSON ({error})") from None
+                docs.append(json_line(line, file, number, "tasks"))
     for key in ("doc_to_text", "doc_to_choice", "doc_to_target"):
         if key not in config:
             raise ConfigError(f"tasks: {path} has no {key}; a multiple-choice task needs it")
