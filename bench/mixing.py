@@ -2,7 +2,7 @@
 
     nice -n 19 .venv/bin/python bench/mixing.py --corpus demo --steps 480 --out mixing_demo.json
 
-One corpus is prepared twice with the same tokenizer (one byte-level BPE, trained
+One corpus is prepared three times with the same tokenizer (one byte-level BPE, trained
 once, or ``--tokenizer``) and the same validation documents (the hold-out depends
 only on the seed and the document count):
 
@@ -10,8 +10,10 @@ only on the seed and the document count):
   before documents were shuffled: the training documents are packed in file
   order into chunks of 1024 blocks, so a small corpus makes a few chunks, each
   a stretch of neighbouring files, and litdata serves every batch from one chunk;
-* ``shuffled``: ``prepare``'s defaults (documents shuffled, ``--chunk_blocks auto``:
-  about 64 chunks for a small corpus).
+* ``documents shuffled``: documents shuffled before packing, ``--chunk_blocks auto``
+  (about 64 chunks for a small corpus), but blocks written in packing order
+  (``--shuffle_block_buffer 1``): a document longer than a chunk still fills chunks;
+* ``shuffled``: ``prepare``'s defaults (documents, then whole blocks shuffled).
 
 Then the same Llama (the shape of ``configs/study/base_cpu.yaml``, the demo's, unless
 the flags change it; lam = 0), from the same seed, with the same optimizer and
@@ -20,7 +22,7 @@ constant learning rate, is trained for ``--steps`` on each through Lightning's
 (shuffled chunks, the fit default), one variant after the other. It validates
 ``--val-points`` times, evenly spaced, the last at the final step, on the first
 ``--val-batches`` batches of the validation split; the script checks that these
-are the same tokens for both variants.
+are the same tokens for every variant.
 
 Figures per variant: the training CE of every step (lam = 0, so the loss is the
 CE); its mean over the last 10% of steps; the validation loss at each point;
@@ -60,6 +62,7 @@ CORPUS_KINDS = {"demo": "docstrings", "stdlib": "stdlib_source"}
 # name -> prepare arguments; "file order" is prepare's behaviour before shuffling.
 VARIANTS = {
     "file order": {"shuffle": False, "chunk_blocks": 1024},
+    "documents shuffled": {"shuffle": True, "chunk_blocks": "auto", "shuffle_block_buffer": 1},
     "shuffled": {"shuffle": True, "chunk_blocks": "auto"},
 }
 
@@ -291,7 +294,13 @@ def format_table(results: dict[str, dict], args: argparse.Namespace) -> str:
     def row(label: str, cell) -> None:
         rows.append((label, [cell(results[name]) for name in names]))
 
-    row("prepare", lambda r: f"shuffle={r['shuffle']}, chunk_blocks={r['chunk_blocks_arg']}")
+    row(
+        "prepare",
+        lambda r: (
+            f"shuffle={r['shuffle']}, chunk_blocks={r['chunk_blocks_arg']}, "
+            f"block buffer={r['block_buffer']}"
+        ),
+    )
     row("train chunks x blocks per chunk", lambda r: f"{r['train_chunks']} x {r['chunk_blocks']}")
     row("val chunks", lambda r: str(r["val_chunks"]))
     row(
@@ -357,6 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
             results[name] = {
                 "shuffle": VARIANTS[name]["shuffle"],
                 "chunk_blocks_arg": VARIANTS[name]["chunk_blocks"],
+                "block_buffer": meta.get("shuffle_block_buffer"),
                 "chunk_blocks": meta["chunk_blocks"],
                 "train_chunks": meta["splits"]["train"]["chunks"],
                 "val_chunks": meta["splits"]["val"]["chunks"],
@@ -376,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{first['splits']['train']['tokens']:,} / {first['splits']['val']['tokens']:,} tokens; "
         f"{llama['num_layers']} blocks d={llama['hidden_size']}, batch {args.batch} x "
         f"{args.seq_len}, lr {optim['lr']} ({optim['schedule']}), seed {args.seed}; "
-        f"validation: {args.val_batches} batches, the same tokens for both"
+        f"validation: {args.val_batches} batches, the same tokens for every variant"
     )
     print(format_table(results, args))
     figures = {

@@ -62,6 +62,7 @@ def test_released_tokenizer_loses_and_adds_no_token(tmp_path):
         inputs=str(tmp_path / "docs.jsonl"),
         output_dir=str(tmp_path / "out"),
         tokenizer=str(folder),
+        shuffle_block_buffer=1,  # documents stay whole in the stream, to compare them
         **SETTINGS,
     )
     encoded = sum(info["document_tokens"] for info in meta["splits"].values())
@@ -208,10 +209,12 @@ def _train_order(folder: Path, meta: dict) -> list[tuple[int, ...]]:
 
 
 def test_neighbours_on_disk_are_spread_by_the_seed(tmp_path):
+    # The document shuffle alone (whole documents stay readable in the stream).
     corpus = _txt_folder(tmp_path / "corpus")
-    first = prepare(inputs=str(corpus), output_dir=str(tmp_path / "a"), seed=1, **SETTINGS)
+    only_documents = {**SETTINGS, "shuffle_block_buffer": 1}
+    first = prepare(inputs=str(corpus), output_dir=str(tmp_path / "a"), seed=1, **only_documents)
     tokenizer = str(tmp_path / "a" / "tokenizer.json")
-    settings = {**SETTINGS, "tokenizer": tokenizer}
+    settings = {**only_documents, "tokenizer": tokenizer}
     prepare(inputs=str(corpus), output_dir=str(tmp_path / "b"), seed=1, **settings)
     other = prepare(inputs=str(corpus), output_dir=str(tmp_path / "c"), seed=2, **settings)
     assert first["shuffle_seed"] == 1 and other["shuffle_seed"] == 2
@@ -237,6 +240,46 @@ def test_neighbours_on_disk_are_spread_by_the_seed(tmp_path):
     assert unmixed["shuffle_seed"] is None
     assert _train_order(tmp_path / "d", unmixed) == [d for d in on_disk if d in position]
     shutil.rmtree(tmp_path / "d")
+
+
+def _blocks(tokens: list[int], block: int) -> list[tuple[int, ...]]:
+    return [tuple(tokens[i : i + block]) for i in range(0, len(tokens), block)]
+
+
+def test_blocks_are_shuffled_whole_and_a_long_document_spreads_over_chunks(tmp_path):
+    # One document of digits as long as many chunks, among short documents of words.
+    texts = write_corpus(tmp_path / "words.jsonl", documents=400, words=(20, 40))
+    long_text = " ".join(str(n) for n in range(1500))
+    with open(tmp_path / "docs.jsonl", "w") as handle:
+        for text in [*texts[:200], long_text, *texts[200:]]:
+            handle.write(json.dumps({"text": text}) + "\n")
+    one_worker = {**SETTINGS, "num_workers": 1, "chunk_blocks": 8}
+    prepare(inputs=str(tmp_path / "docs.jsonl"), output_dir=str(tmp_path / "mixed"), **one_worker)
+    tokenizer = str(tmp_path / "mixed" / "tokenizer.json")
+    only_documents = {**one_worker, "tokenizer": tokenizer, "shuffle_block_buffer": 1}
+    prepare(
+        inputs=str(tmp_path / "docs.jsonl"), output_dir=str(tmp_path / "docs"), **only_documents
+    )
+
+    # Only whole blocks move: the same blocks as the document-shuffled stream, in
+    # another order, and the short last piece stays last.
+    mixed = _blocks(split_tokens(tmp_path / "mixed" / "train"), 33)
+    unmixed = _blocks(split_tokens(tmp_path / "docs" / "train"), 33)
+    assert sorted(mixed) == sorted(unmixed) and mixed != unmixed
+    assert mixed[-1] == unmixed[-1] and len(mixed[-1]) <= 33
+
+    # The long document fills whole chunks without the block shuffle, not with it.
+    tok = load_tokenizer(tokenizer)[0]
+    digit_ids = {i for t, i in tok.get_vocab().items() if t.strip("Ġ").isdigit()}
+
+    def digit_share_per_chunk(folder: Path) -> list[float]:
+        tokens = split_tokens(folder / "train")
+        chunk = 8 * 33
+        pieces = [tokens[i : i + chunk] for i in range(0, len(tokens), chunk)]
+        return [sum(t in digit_ids for t in piece) / len(piece) for piece in pieces]
+
+    assert max(digit_share_per_chunk(tmp_path / "docs")) > 0.9
+    assert max(digit_share_per_chunk(tmp_path / "mixed")) < 0.75
 
 
 def test_auto_chunks_give_a_small_corpus_many_chunks(tmp_path):

@@ -22,12 +22,12 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -54,6 +54,7 @@ from jreg_lightning.data.tokenizer import (
 )
 from jreg_lightning.errors import ConfigError, OutputExistsError
 
+T = TypeVar("T")
 _TOKENIZERS: dict[str, object] = {}
 COUNTS_FOLDER = ".token_counts"
 TARGET_CHUNKS = 64
@@ -107,27 +108,30 @@ def work_items(
     ]
 
 
-def _mixed_documents(item: WorkItem, buffer_size: int) -> Iterator[str]:
-    """The item's documents through a seeded shuffle buffer of ``buffer_size`` documents.
+def _buffer_shuffled(values: Iterable[T], size: int, generator: np.random.Generator) -> Iterator[T]:
+    """``values`` in a random order, through a buffer of at most ``size`` of them.
 
-    An item smaller than the buffer comes out fully shuffled; a larger one (a big
-    compressed file is one range) is shuffled within a window, in bounded memory.
+    A stream shorter than the buffer comes out fully shuffled; a longer one is
+    mixed within a moving window, in bounded memory.
     """
-    documents = (text for rng in item.ranges for _, text in read_documents(rng))
-    if item.seed is None:
-        yield from documents
-        return
-    generator = np.random.default_rng(item.seed)
-    buffer: list[str] = []
-    for text in documents:
-        if len(buffer) < buffer_size:
-            buffer.append(text)
+    buffer: list[T] = []
+    for value in values:
+        if len(buffer) < size:
+            buffer.append(value)
             continue
         slot = int(generator.integers(len(buffer)))
         yield buffer[slot]
-        buffer[slot] = text
+        buffer[slot] = value
     generator.shuffle(buffer)
     yield from buffer
+
+
+def _mixed_documents(item: WorkItem, buffer_size: int) -> Iterator[str]:
+    """The item's documents through a seeded shuffle buffer of ``buffer_size`` documents."""
+    documents = (text for rng in item.ranges for _, text in read_documents(rng))
+    if item.seed is None:
+        return documents
+    return _buffer_shuffled(documents, buffer_size, np.random.default_rng(item.seed))
 
 
 def _tokenize_item(
@@ -139,14 +143,63 @@ def _tokenize_item(
     dtype: str,
     counts_dir: str,
     buffer_size: int,
+    block_buffer: int,
 ) -> Iterator:
     """Worker: the tokens of one work item, EOS after each document, in pieces of ``block``.
 
-    Counts what it encodes (documents, tokens, EOS) into ``counts_dir`` so that
-    the main process can check that every token reached the shards.
+    With a seeded item the blocks also go through a shuffle buffer of
+    ``block_buffer`` blocks: a document longer than a chunk would otherwise fill
+    whole chunks, and litdata draws each batch from one chunk. Counts what it
+    encodes (documents, tokens, EOS) into ``counts_dir`` so that the main
+    process can check that every token reached the shards.
     """
     import torch
 
+    item = items[position]
+    blocks = _packed_blocks(
+        item, tokenizer_path, eos_id, block, dtype, counts_dir, position, buffer_size
+    )
+    if item.seed is not None and block_buffer > 1:
+        blocks = _shuffled_full_blocks(blocks, block, block_buffer, item.seed)
+    for piece in blocks:
+        yield torch.from_numpy(piece)
+
+
+def _shuffled_full_blocks(
+    blocks: Iterable[np.ndarray], block: int, buffer_size: int, seed: int
+) -> Iterator[np.ndarray]:
+    """Full blocks in a seeded random order; the short last piece stays last.
+
+    Only whole blocks move, so every training item still reads one contiguous
+    stretch of the packed stream.
+    """
+    tail: list[np.ndarray] = []
+
+    def full_blocks() -> Iterator[np.ndarray]:
+        for piece in blocks:
+            if len(piece) == block:
+                yield piece
+            else:
+                tail.append(piece)
+
+    yield from _buffer_shuffled(full_blocks(), buffer_size, np.random.default_rng([seed, 1]))
+    yield from tail
+
+
+def _packed_blocks(
+    item: WorkItem,
+    tokenizer_path: str,
+    eos_id: int,
+    block: int,
+    dtype: str,
+    counts_dir: str,
+    position: int,
+    buffer_size: int,
+) -> Iterator[np.ndarray]:
+    """The item's documents encoded, an EOS after each, cut into pieces of ``block`` tokens.
+
+    Writes the item's counts to ``counts_dir/<position>.json`` once it is exhausted.
+    """
     tokenizer = _TOKENIZERS.get(tokenizer_path)
     if tokenizer is None:
         tokenizer = _TOKENIZERS[tokenizer_path] = load_tokenizer(tokenizer_path)[0]
@@ -165,7 +218,7 @@ def _tokenize_item(
         return np.concatenate(pieces)
 
     texts: list[str] = []
-    for text in _mixed_documents(items[position], buffer_size):
+    for text in _mixed_documents(item, buffer_size):
         texts.append(text)
         if len(texts) < _ENCODE_BATCH:
             continue
@@ -173,12 +226,12 @@ def _tokenize_item(
         texts = []
         whole = len(pending) - len(pending) % block
         for start in range(0, whole, block):
-            yield torch.from_numpy(pending[start : start + block].copy())
+            yield pending[start : start + block].copy()
         pending = pending[whole:]
     if texts:
         pending = np.concatenate([pending, encode(texts)])
     for start in range(0, len(pending), block):
-        yield torch.from_numpy(pending[start : start + block].copy())
+        yield pending[start : start + block].copy()
     record = {"documents": documents, "document_tokens": encoded, "eos_tokens": documents}
     (Path(counts_dir) / f"{position}.json").write_text(json.dumps(record))
 
@@ -274,6 +327,7 @@ def _write_split(
     dtype: str,
     num_workers: int,
     buffer_size: int,
+    block_buffer: int,
 ) -> dict[str, int]:
     """Tokenize ``items`` into ``folder``; returns the workers' summed counts."""
     from litdata import TokensLoader, optimize
@@ -297,6 +351,7 @@ def _write_split(
             dtype=dtype,
             counts_dir=str(counts_dir),
             buffer_size=buffer_size,
+            block_buffer=block_buffer,
         ),
         inputs=list(range(len(items))),
         output_dir=str(folder),
@@ -352,6 +407,7 @@ def prepare(
     chunk_blocks: int | Literal["auto"] = "auto",
     shuffle: bool = True,
     shuffle_buffer: int = 4096,
+    shuffle_block_buffer: int = 32768,
     bpe_sample_bytes: int = 512 * 2**20,
     dtype: Literal["auto", "uint16", "int32"] = "auto",
     num_workers: int | None = None,
@@ -382,6 +438,9 @@ def prepare(
         shuffle: mix the training documents before packing (seeded by ``seed``), so
             that neighbouring files do not fill one chunk; validation keeps its order.
         shuffle_buffer: documents a worker mixes at once (memory bound per worker).
+        shuffle_block_buffer: packed blocks a worker mixes at once before writing
+            (memory bound per worker: this many blocks of ``seq_len + 1`` tokens), so
+            that a document longer than a chunk is spread over many chunks; 1 turns it off.
         bpe_sample_bytes: at most this many bytes of training text train the BPE
             (every n-th document), so training a tokenizer on a huge corpus stays bounded.
         dtype: token dtype on disk; ``auto`` picks uint16 when the vocabulary fits.
@@ -404,6 +463,10 @@ def prepare(
         )
     if shuffle_buffer < 1:
         raise ConfigError(f"shuffle_buffer: {shuffle_buffer} is below 1; pass e.g. 4096")
+    if shuffle_block_buffer < 1:
+        raise ConfigError(
+            f"shuffle_block_buffer: {shuffle_block_buffer} is below 1; pass e.g. 32768 (1 = off)"
+        )
     partial_dir = output.parent / f".{output.name}.partial"
     old_dir = output.parent / f".{output.name}.old"
     _recover_interrupted_swap(output, old_dir)
@@ -460,7 +523,13 @@ def prepare(
     shuffle_seed = seed if shuffle else None
     split_meta = {}
     for name, ranges in splits.items():
-        items = work_items(ranges, shuffle_seed if name == "train" else None, DOCUMENTS_PER_ITEM)
+        seed_of_split = shuffle_seed if name == "train" else None
+        # Shuffled: one item per worker, so that each worker's block buffer mixes
+        # its whole share of the corpus (the shards then depend on num_workers).
+        per_item = (
+            DOCUMENTS_PER_ITEM if seed_of_split is None else max(1, -(-documents[name] // workers))
+        )
+        items = work_items(ranges, seed_of_split, per_item)
         counted = _write_split(
             name,
             items,
@@ -472,6 +541,7 @@ def prepare(
             dtype_name,
             workers,
             shuffle_buffer,
+            shuffle_block_buffer,
         )
         per_chunk = chunk_tokens(read_index(partial_dir / name))
         tokens = sum(per_chunk)
@@ -507,6 +577,8 @@ def prepare(
         "val_seed": seed,
         "shuffle_seed": shuffle_seed,
         "shuffle_buffer": shuffle_buffer,
+        "shuffle_block_buffer": shuffle_block_buffer if shuffle else None,
+        "num_workers": workers,
         "bpe_sample": bpe_sample,
         "inputs": [str(Path(p).absolute()) for p in inputs],
         "text_field": text_field,
