@@ -40,6 +40,7 @@ def ensure_data(spec: StudySpec) -> None:
         vocab_size=spec.data.vocab_size,
         seq_len=base["data"]["seq_len"],
         val_fraction=spec.data.val_fraction,
+        num_workers=spec.data.num_workers,
         overwrite=True,
     )
 

@@ -64,6 +64,7 @@ class DataSpec:
     vocab_size: int = 8192
     val_fraction: float = 0.05
     max_documents: int | None = None
+    num_workers: int | None = 2  # the shards depend on it (each worker mixes its share)
 
 
 @dataclass(frozen=True)
