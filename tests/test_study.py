@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from jreg_lightning.commands import run_extra_command
-from jreg_lightning.study.command import study
+from jreg_lightning.study.command import QUICK_OVERRIDES, quick_spec, study
 from jreg_lightning.study.report import run_metrics
+from jreg_lightning.study.runner import train_study
 from jreg_lightning.study.spec import load_study
 from tests.studies import tiny_study
 
@@ -53,6 +54,14 @@ def test_quick_study_writes_the_report_and_skips_finished_runs(tmp_path, capsys)
     out = capsys.readouterr().out
     assert out.count("finished earlier, skipped") == 2
     assert (tmp_path / "runs_quick" / "baseline_s1" / "result.json").stat().st_mtime_ns == stamp
+
+    # A longer max_steps extends a finished run from its last checkpoint.
+    spec = quick_spec(load_study(config))
+    longer = {**QUICK_OVERRIDES, "trainer.max_steps": 12}
+    train_study(spec, ["baseline_s1"], longer)
+    assert "baseline_s1: extending from 8 to 12 steps" in capsys.readouterr().out
+    extended = json.loads((tmp_path / "runs_quick" / "baseline_s1" / "result.json").read_text())
+    assert extended["steps"] == 12 and extended["attempts"] == 2
 
 
 def test_study_file_errors_name_the_key(tmp_path):

@@ -170,11 +170,17 @@ def train_study(
     pending = []
     for run in runs:
         done = read_result(spec, run)
-        if done is not None:
+        steps = run_config(spec, run, overrides)["trainer"]["max_steps"]
+        if done is not None and done["steps"] >= steps:
             print(f"study: {run.name}: finished earlier, skipped")
             results[run.name] = done
-        else:
-            pending.append(run)
+            continue
+        if done is not None:  # the study's max_steps grew: go on from last.ckpt
+            print(
+                f"study: {run.name}: extending from {done['steps']} to {steps} steps "
+                "(the same as one longer run only for a constant learning rate)"
+            )
+        pending.append(run)
 
     def one(run: RunSpec) -> tuple[str, dict]:
         folder = run_dir(spec, run)
