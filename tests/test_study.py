@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import yaml
 
 from jreg_lightning.commands import run_extra_command
 from jreg_lightning.study.command import QUICK_OVERRIDES, quick_spec, study
-from jreg_lightning.study.report import run_metrics
+from jreg_lightning.study.report import run_metrics, verdict
 from jreg_lightning.study.runner import train_study
 from jreg_lightning.study.spec import load_study
 from tests.studies import tiny_study
@@ -107,3 +108,25 @@ def test_readme_section_between_the_markers_is_replaced(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="has no <!-- results:start -->"):
         update_readme(readme, "x")
+
+
+@pytest.mark.parametrize(
+    ("j_values", "sentence"),
+    [
+        ((2.5, 3.1), "The baseline shows the jump: J = 2.50, 3.10"),
+        ((1.58, 2.41), "The baseline shows the jump on 1 of 2 seeds: J = 1.58, 2.41"),
+        ((0.66, 0.49), "The baseline does not show the jump: J = 0.66, 0.49"),
+    ],
+)
+def test_verdict_says_how_many_seeds_show_the_jump(tmp_path, j_values, sentence):
+    spec = load_study(tiny_study(tmp_path))
+    baselines = [spec.run("baseline_s1"), dataclasses.replace(spec.run("baseline_s1"), name="s2")]
+    spec = dataclasses.replace(spec, runs=baselines, baselines=["baseline_s1", "s2"])
+    metrics = {run.name: {"J": j} for run, j in zip(baselines, j_values, strict=True)}
+    mean = sum(j_values) / 2
+    stats = {
+        "J": {"values": list(j_values), "mean": mean, "spread": abs(j_values[0] - mean)},
+        "loss": {"mean": 4.0, "spread": 0.01},
+    }
+    lines = verdict(spec, metrics, stats, {"baseline_s1": True, "s2": True}, None)
+    assert lines[0].startswith(sentence) and "was still falling" in lines[0]

@@ -126,11 +126,17 @@ def verdict(
     """Plain sentences, each from a rule over the numbers (no number typed by hand)."""
     lines = []
     base_j = stats["J"]
-    jumps = all(metrics[name]["J"] > JUMP_THRESHOLD for name in spec.baselines)
+    seeds_with_jump = sum(metrics[name]["J"] > JUMP_THRESHOLD for name in spec.baselines)
+    if seeds_with_jump == len(spec.baselines):
+        shows = "shows the jump"
+    elif seeds_with_jump:
+        shows = f"shows the jump on {seeds_with_jump} of {len(spec.baselines)} seeds"
+    else:
+        shows = "does not show the jump"
     learning_all = all(learning.get(name, False) for name in spec.baselines)
     j_values = ", ".join(f"{v:.2f}" for v in base_j["values"])
     lines.append(
-        f"The baseline {'shows' if jumps else 'does not show'} the jump: J = {j_values} on "
+        f"The baseline {shows}: J = {j_values} on "
         f"{len(spec.baselines)} seed(s) (threshold {JUMP_THRESHOLD:g}), and its validation loss "
         f"{'was still falling' if learning_all else 'had stopped falling'} at the last validation."
     )
