@@ -130,3 +130,19 @@ def test_verdict_says_how_many_seeds_show_the_jump(tmp_path, j_values, sentence)
     }
     lines = verdict(spec, metrics, stats, {"baseline_s1": True, "s2": True}, None)
     assert lines[0].startswith(sentence) and "was still falling" in lines[0]
+
+
+def test_the_report_archive_of_run_files_is_not_ignored_by_git():
+    # The archive exists so that the numbers outlive the run folders: git must keep it
+    # (a `runs/` pattern without its leading slash once ignored it).
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    archived = "docs/results/runs/baseline_s1/result.json"
+    ignored = subprocess.run(["git", "check-ignore", "-q", archived], cwd=repo, check=False)
+    assert ignored.returncode == 1, f"{archived} is ignored by .gitignore"
+    run_folder = subprocess.run(["git", "check-ignore", "-q", "runs/x/last.ckpt"], cwd=repo)
+    assert run_folder.returncode == 0
