@@ -90,10 +90,8 @@ class LlamaModelConfig:
             use_cache=False,
             attention_bias=False,
             mlp_bias=False,
+            attn_implementation="sdpa",
         )
-        # Private attribute (checked against transformers 5.24.0); the public way is
-        # LlamaConfig(attn_implementation="sdpa"), left to this file's owner to switch.
-        config._attn_implementation = "sdpa"
         return config
 
     @classmethod

@@ -9,6 +9,11 @@ import lightning as L
 import torch
 from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
+
+# Internal module of transformers (checked against 5.24.0): it installs, on the first
+# forward with output_hidden_states, the hooks that collect the states; calling it
+# before torch.compile keeps that one-time installation out of the graph. No public
+# function installs them ahead of the first forward.
 from transformers.utils.output_capturing import (
     maybe_install_capturing_hooks as install_hidden_state_hooks,
 )
@@ -255,6 +260,8 @@ class JregLightningModule(L.LightningModule):
         trainer = self._trainer
         if trainer is None:
             return True
+        # Private (checked against lightning 2.6.6): the Trainer's own rule for a logging
+        # step (log_every_n_steps, the last step, should_stop); no public property gives it.
         return trainer._logger_connector.should_update_logs
 
     def _profile_metrics(self, stage: str, result: dict[str, Tensor]) -> dict[str, Tensor]:

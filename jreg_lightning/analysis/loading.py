@@ -112,6 +112,7 @@ def load_hf_model(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Mo
         ``(model, is_causal_lm)``.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     options = {"local_files_only": True, "trust_remote_code": False}
     try:
@@ -127,7 +128,7 @@ def load_hf_model(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Mo
     # The saved architecture decides: a BERT encoder also has a causal-LM class in
     # transformers, but loading it would invent an untrained head.
     architectures = getattr(config, "architectures", None) or []
-    causal = type(config) in AutoModelForCausalLM._model_mapping and (
+    causal = type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and (
         not architectures or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
     )
     loader = AutoModelForCausalLM if causal else AutoModel
