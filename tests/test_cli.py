@@ -53,5 +53,5 @@ def test_help_works(subcommand):
 def test_print_config_shows_the_jreg_settings():
     result = run_cli("fit", "--config", "configs/tiny_jreg.yaml", "--print_config")
     assert result.returncode == 0, result.stderr[-2000:]
-    # The study's default (configs/jreg/final.yaml): lam 10 on the final block.
-    assert "lam: 10.0" in result.stdout and "weights: final" in result.stdout
+    # The study's default (configs/jreg/linear.yaml): lam 30, linear weights.
+    assert "lam: 30.0" in result.stdout and "weights: linear" in result.stdout
