@@ -21,6 +21,7 @@ One run, side by side:
 
     .venv/bin/python bench/data_throughput.py [--steps 20] [--work /tmp/jreg_bench_data]
     nice -n 19 .venv/bin/python bench/data_throughput.py --corpus-mb 25 100
+    .venv/bin/python bench/data_throughput.py --corpus-mb 4096 --runs 2   # memory only
 """
 
 from __future__ import annotations
@@ -160,6 +161,26 @@ def write_corpus(folder: Path, megabytes: float, seed: int = 0) -> dict:
     return {"files": [str(f) for f in files], "documents": documents, "bytes": written}
 
 
+def corpus_of_size(folder: Path, megabytes: float, seed: int = 0) -> dict:
+    """The corpus of ``write_corpus(folder, megabytes, seed)``, written only if not there yet.
+
+    A GB corpus takes minutes to generate; ``corpus.json`` in the folder records
+    what was written, so a second bench run (other runs, same size) reuses it.
+    """
+    record = folder / "corpus.json"
+    if record.exists():
+        info = json.loads(record.read_text())
+        if (
+            info.get("megabytes") == megabytes
+            and info.get("seed") == seed
+            and all(Path(f).exists() for f in info["files"])
+        ):
+            return info
+    info = {"megabytes": megabytes, "seed": seed, **write_corpus(folder, megabytes, seed)}
+    record.write_text(json.dumps(info))
+    return info
+
+
 def prepare_once(settings: dict) -> dict:
     """Run ``prepare(**settings)`` here; tokens, seconds and peak RSS (MiB) of this process tree.
 
@@ -202,38 +223,55 @@ def _prepare_in_fresh_process(settings: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+BIG_RUNS = ("bpe", "1", "2")
+
+
 def big_corpus_rates(
-    work: Path, sizes_mb: list[float], bpe_sample_mb: float, vocab_size: int = 8192
+    work: Path,
+    sizes_mb: list[float],
+    bpe_sample_mb: float,
+    vocab_size: int = 8192,
+    runs_wanted: tuple[str, ...] = BIG_RUNS,
 ) -> list[dict]:
-    """Per corpus size: a run training the BPE (2 workers), then tokenizer given: 1, 2 workers."""
+    """Per corpus size: a run training the BPE (2 workers), then tokenizer given: 1, 2 workers.
+
+    ``runs_wanted`` picks among ``bpe``, ``1`` and ``2`` (e.g. only ``2`` at a
+    size where the memory, not the speed-up, is the question); without ``bpe``
+    the tokenizer a previous run trained in ``work`` is used.
+    """
     rows = []
+    tokenizer = work / "big_trained" / "tokenizer.json"
+    if "bpe" not in runs_wanted and not tokenizer.exists():
+        raise SystemExit(f"--runs without bpe needs {tokenizer}: run once with --runs bpe first")
     for megabytes in sizes_mb:
         corpus = work / f"corpus_{megabytes:g}mb"
         started = time.perf_counter()
-        info = write_corpus(corpus, megabytes)
+        info = corpus_of_size(corpus, megabytes)
         print(
             f"corpus {megabytes:g} MB: {info['documents']:,} documents in {len(info['files'])} "
-            f".jsonl.zst files, written in {time.perf_counter() - started:.0f} s",
+            f".jsonl.zst files, ready in {time.perf_counter() - started:.0f} s",
             flush=True,
         )
         base = {"inputs": str(corpus / "*.jsonl.zst"), "seq_len": 256, "overwrite": True}
-        trained = _prepare_in_fresh_process(
-            {
-                **base,
-                "output_dir": str(work / "big_trained"),
-                "vocab_size": vocab_size,
-                "bpe_sample_bytes": int(bpe_sample_mb * 2**20),
-                "num_workers": 2,
-            }
-        )
-        runs = {"bpe": trained}
-        tokenizer = str(work / "big_trained" / "tokenizer.json")
+        runs = {}
+        if "bpe" in runs_wanted:
+            runs["bpe"] = _prepare_in_fresh_process(
+                {
+                    **base,
+                    "output_dir": str(work / "big_trained"),
+                    "vocab_size": vocab_size,
+                    "bpe_sample_bytes": int(bpe_sample_mb * 2**20),
+                    "num_workers": 2,
+                }
+            )
         for workers in (1, 2):
+            if str(workers) not in runs_wanted:
+                continue
             runs[workers] = _prepare_in_fresh_process(
                 {
                     **base,
                     "output_dir": str(work / "big_shards"),
-                    "tokenizer": tokenizer,
+                    "tokenizer": str(tokenizer),
                     "num_workers": workers,
                 }
             )
@@ -269,6 +307,13 @@ def main(argv: list[str] | None = None) -> None:
         help="instead: prepare synthetic .jsonl.zst corpora of these sizes (uncompressed MB)",
     )
     parser.add_argument("--bpe-sample-mb", type=float, default=8.0)
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        choices=BIG_RUNS,
+        default=list(BIG_RUNS),
+        help="with --corpus-mb: which runs per size (bpe = BPE trained; 1, 2 = workers)",
+    )
     parser.add_argument("--prepare-once", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.prepare_once:
@@ -276,7 +321,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     args.work.mkdir(parents=True, exist_ok=True)
     if args.corpus_mb:
-        big_corpus_rates(args.work, args.corpus_mb, args.bpe_sample_mb)
+        big_corpus_rates(
+            args.work, args.corpus_mb, args.bpe_sample_mb, runs_wanted=tuple(args.runs)
+        )
         return
     _prepare_rates(args.work)
     cores = os.cpu_count() or 1
