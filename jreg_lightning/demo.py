@@ -30,8 +30,8 @@ def demo(config_file: str = "configs/study/demo.yaml", full: bool = False) -> di
     Args:
         config_file: the demo's study file (``--config``): base fit config, data and the
             two runs; its ``overrides`` shorten the runs.
-        full: train the study's full setting instead (the base config's 400 steps,
-            about 2.7 times longer), in ``<output_dir>_full``.
+        full: train the study's full setting instead (the base config's 600 steps,
+            4 times longer), in ``<output_dir>_full``.
 
     Returns:
         ``{"runs": {name: final validation}, "plot": path}``.
