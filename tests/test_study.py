@@ -11,7 +11,7 @@ import yaml
 
 from jreg_lightning.commands import run_extra_command
 from jreg_lightning.study.command import QUICK_OVERRIDES, quick_spec, study
-from jreg_lightning.study.report import run_metrics, verdict
+from jreg_lightning.study.report import _final_scheme_sentence, run_metrics, verdict
 from jreg_lightning.study.runner import train_study
 from jreg_lightning.study.spec import load_study
 from tests.studies import tiny_study
@@ -91,6 +91,7 @@ def test_run_metrics_reads_the_profile():
     }
     metrics = run_metrics(final)
     assert metrics["psi_L"] == 0.03 and metrics["psi_middle"] == pytest.approx(0.01)
+    assert metrics["psi_L1"] == 0.01
     assert metrics["early_exit_middle"] == 6.5  # after block L/2 = 2
     assert metrics["spread_max_over_mean"] == pytest.approx(0.03 / (0.05 / 3))
 
@@ -146,3 +147,27 @@ def test_the_report_archive_of_run_files_is_not_ignored_by_git():
     assert ignored.returncode == 1, f"{archived} is ignored by .gitignore"
     run_folder = subprocess.run(["git", "check-ignore", "-q", "runs/x/last.ckpt"], cwd=repo)
     assert run_folder.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("psi_l1", "j_late", "turns", "moved"),
+    [
+        # Block L-1 turns more in absolute terms, but so do the blocks before it: not moved.
+        (0.0100, 1.19, "more than", "did not move one block earlier"),
+        (0.0160, 4.10, "more than", "so the jump moved one block earlier"),
+        (0.0072, 2.00, "as much as", "did not move"),
+        (0.0020, 0.30, "less than", "did not move"),
+    ],
+)
+def test_final_scheme_sentence_reads_block_l_minus_1_absolute_and_relative(
+    psi_l1, j_late, turns, moved
+):
+    stats = {
+        "J": {"mean": 2.0, "spread": 0.4},
+        "J_late": {"mean": 2.0, "spread": 0.46},
+        "psi_L1": {"mean": 0.0073, "spread": 0.0008},
+    }
+    run = {"J": 0.08, "J_late": j_late, "psi_L1": psi_l1, "argmax": 11}
+    sentence = _final_scheme_sentence("final_lam10", run, stats)
+    assert f"block L-1 turns {turns} in the baselines (Psi_L-1 {psi_l1:.5f}" in sentence
+    assert moved in sentence and "J -96%" in sentence

@@ -36,6 +36,7 @@ METRICS = (
     "J_late",
     "argmax",
     "psi_L",
+    "psi_L1",
     "psi_middle",
     "early_exit_middle",
     "spread_std",
@@ -58,6 +59,7 @@ def run_metrics(final: dict) -> dict[str, float]:
         "J_late": float(final["jump_strength_late"]),
         "argmax": int(final["jump_layer"]),
         "psi_L": profile[-1],
+        "psi_L1": profile[-2],
         "psi_middle": sum(middle) / len(middle),
         "early_exit_middle": float(early[middle_block - 1]) if early else math.nan,
         "spread_std": statistics.pstdev(body),
@@ -176,22 +178,7 @@ def verdict(
         )
     for run in spec.runs:
         if run.jreg.get("weights") == "final" and run.name in metrics:
-            m = metrics[run.name]
-            late = _relative(m["J_late"], stats["J_late"]["mean"])
-            direct = _relative(m["J"], base_j["mean"])
-            # J_late = max(Psi_{L-1}, Psi_L) / mean(Psi_2..Psi_{L-2}): with Psi_L pressed down it
-            # reads block L-1; a jump pushed there would raise it above the baselines'.
-            moved = m["J_late"] - stats["J_late"]["mean"] > stats["J_late"]["spread"]
-            lines.append(
-                f"`{run.name}` (final block only): J {direct:+.0%}, J_late {late:+.0%}, argmax "
-                f"block {m['argmax']} (baselines {stats['argmax']['mean']:.1f} on average): "
-                + (
-                    "block L-1 turns more than in the baseline: the jump moved one block earlier."
-                    if moved
-                    else "block L-1 does not turn more than in the baseline: the jump did not "
-                    "move one block earlier."
-                )
-            )
+            lines.append(_final_scheme_sentence(run.name, metrics[run.name], stats))
     if best is not None:
         m = metrics[best]
         delta = m["early_exit_middle"] - stats["early_exit_middle"]["mean"]
@@ -210,12 +197,47 @@ def verdict(
     return lines
 
 
+def _compared(value: float, stat: dict) -> str:
+    """``more than`` / ``less than`` / ``as much as`` the baselines, beyond their seed spread."""
+    if value - stat["mean"] > stat["spread"]:
+        return "more than"
+    if stat["mean"] - value > stat["spread"]:
+        return "less than"
+    return "as much as"
+
+
+def _final_scheme_sentence(name: str, m: dict, stats: dict) -> str:
+    """Did penalising the final block only move the jump one block earlier?
+
+    Two readings, both given: block L-1's own turn (Psi_{L-1}, absolute), and
+    how much it stands out from the blocks before it (J_late = max(Psi_{L-1},
+    Psi_L) / mean(Psi_2..Psi_{L-2}); with Psi_L pressed down it reads block L-1).
+    A moved jump is block L-1 standing out more than the baselines' last block did.
+    """
+    psi, late = stats["psi_L1"], stats["J_late"]
+    moved = m["J_late"] - late["mean"] > late["spread"]
+    return (
+        f"`{name}` (final block only): J {_relative(m['J'], stats['J']['mean']):+.0%}; "
+        f"block L-1 turns {_compared(m['psi_L1'], psi)} in the baselines (Psi_L-1 "
+        f"{m['psi_L1']:.5f} against {psi['mean']:.5f} ± {psi['spread']:.5f}); against the "
+        f"blocks before it, J_late {m['J_late']:.2f} against {late['mean']:.2f} ± "
+        f"{late['spread']:.2f}, argmax block {m['argmax']}: "
+        + (
+            "it stands out more than the baselines' last block, so the jump moved one block "
+            "earlier."
+            if moved
+            else "it does not stand out more than the baselines' last block, so the jump did "
+            "not move one block earlier."
+        )
+    )
+
+
 def _format(value: float, key: str) -> str:
     if isinstance(value, float) and math.isnan(value):
         return "n/a"
     if key == "argmax":
         return f"{value:.0f}" if isinstance(value, int) else f"{value:.1f}"
-    if key in ("psi_L", "psi_middle", "spread_std"):
+    if key in ("psi_L", "psi_L1", "psi_middle", "spread_std"):
         return f"{value:.5f}"
     if key in ("loss", "early_exit_middle"):
         return f"{value:.4f}"
@@ -482,8 +504,8 @@ def _markdown(spec, summary, order, metrics, stats, deltas, pictures: Path) -> s
         "## Runs",
         "",
         "| run | lam | weights | final state | val loss | ppl | J | J_late | argmax | Psi_L "
-        "| mean Psi mid | early exit @ mid | std | max/mean | ΔJ | Δloss |",
-        "|" + " --- |" * 16,
+        "| Psi_L-1 | mean Psi mid | early exit @ mid | std | max/mean | ΔJ | Δloss |",
+        "|" + " --- |" * 17,
     ]
     for name in order:
         m = metrics[name]
@@ -508,9 +530,9 @@ def _markdown(spec, summary, order, metrics, stats, deltas, pictures: Path) -> s
         "",
         "Columns: J = Psi_L / mean(Psi_2..Psi_{L-1}); J_late = max(Psi_{L-1}, Psi_L) / "
         "mean(Psi_2..Psi_{L-2}); argmax = the block with the largest Psi after block 1; "
-        "mean Psi mid = mean(Psi_2..Psi_{L-1}); early exit @ mid = logit-lens loss after block "
-        "L/2; std and max/mean of Psi_2..Psi_L; ΔJ and Δloss against the mean of the "
-        "baseline seeds.",
+        "Psi_L-1 = the turn of the block before the last; mean Psi mid = "
+        "mean(Psi_2..Psi_{L-1}); early exit @ mid = logit-lens loss after block L/2; "
+        "std and max/mean of Psi_2..Psi_L; ΔJ and Δloss against the mean of the baseline seeds.",
         "",
         "## Pictures",
         "",
