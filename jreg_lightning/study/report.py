@@ -209,26 +209,31 @@ def _compared(value: float, stat: dict) -> str:
 def _final_scheme_sentence(name: str, m: dict, stats: dict) -> str:
     """Did penalising the final block only move the jump one block earlier?
 
-    Two readings, both given: block L-1's own turn (Psi_{L-1}, absolute), and
-    how much it stands out from the blocks before it (J_late = max(Psi_{L-1},
-    Psi_L) / mean(Psi_2..Psi_{L-2}); with Psi_L pressed down it reads block L-1).
-    A moved jump is block L-1 standing out more than the baselines' last block did.
+    Block L-1's own turn (Psi_{L-1}) against the baselines', and whether it now
+    jumps: J_late = max(Psi_{L-1}, Psi_L) / mean(Psi_2..Psi_{L-2}) reads block L-1
+    once Psi_L is pressed below it, and the same threshold that says the
+    baselines' last block jumps (J > 2) says whether block L-1 does.
     """
     psi, late = stats["psi_L1"], stats["J_late"]
-    moved = m["J_late"] - late["mean"] > late["spread"]
-    return (
+    jumps_at_l1 = m["psi_L1"] > m["psi_L"] and m["J_late"] > JUMP_THRESHOLD
+    sharpness = {"more than": "more sharply than", "less than": "less sharply than"}.get(
+        _compared(m["J_late"], late), "as sharply as"
+    )
+    head = (
         f"`{name}` (final block only): J {_relative(m['J'], stats['J']['mean']):+.0%}; "
         f"block L-1 turns {_compared(m['psi_L1'], psi)} in the baselines (Psi_L-1 "
-        f"{m['psi_L1']:.5f} against {psi['mean']:.5f} ± {psi['spread']:.5f}); against the "
-        f"blocks before it, J_late {m['J_late']:.2f} against {late['mean']:.2f} ± "
-        f"{late['spread']:.2f}, argmax block {m['argmax']}: "
-        + (
-            "it stands out more than the baselines' last block, so the jump moved one block "
-            "earlier."
-            if moved
-            else "it does not stand out more than the baselines' last block, so the jump did "
-            "not move one block earlier."
+        f"{m['psi_L1']:.5f} against {psi['mean']:.5f} ± {psi['spread']:.5f}; the baselines' "
+        f"last block {stats['psi_L']['mean']:.5f}), J_late {m['J_late']:.2f} (baselines "
+        f"{late['mean']:.2f} ± {late['spread']:.2f}), argmax block {m['argmax']}: "
+    )
+    if jumps_at_l1:
+        return head + (
+            f"block L-1 now jumps (J_late above {JUMP_THRESHOLD:g} with the last block held "
+            f"below it), {sharpness} the baselines' last block: the jump moved one block earlier."
         )
+    return head + (
+        f"block L-1 does not jump (J_late at most {JUMP_THRESHOLD:g}, or the last block still "
+        "turns more): the jump did not move one block earlier."
     )
 
 
