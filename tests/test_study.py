@@ -176,3 +176,19 @@ def test_final_scheme_sentence_reads_block_l_minus_1_absolute_and_relative(
     sentence = _final_scheme_sentence("final_lam10", run | {"psi_L1": psi_l1}, stats)
     assert f"block L-1 turns {turns} in the baselines (Psi_L-1 {psi_l1:.5f}" in sentence
     assert moved in sentence and "J -98%" in sentence
+
+
+def test_a_fit_killed_before_it_recorded_its_time_shows_as_a_lower_bound(tmp_path):
+    from jreg_lightning.study.report import fit_times
+    from jreg_lightning.study.runner import unrecorded_attempts
+
+    for version in ("version_0", "version_1"):
+        (tmp_path / "logs" / version).mkdir(parents=True)
+    (tmp_path / "attempts.json").write_text('[{"started": 1, "seconds": 760.9}]')
+    assert unrecorded_attempts(tmp_path) == 1
+    setup = {
+        "fit_seconds": {"a": 1800.0, "b": 760.9},
+        "fit_attempts_unrecorded": {"a": 0, "b": 1},
+    }
+    assert fit_times(setup).startswith("a 30 min, b >= 13 min (>=: a fit killed mid-run")
+    assert fit_times({"fit_seconds": {"a": 60.0}}) == "a 1 min"

@@ -23,7 +23,7 @@ from jreg_lightning.analysis.plots import (
 from jreg_lightning.analysis.run_logs import read_logged_series
 from jreg_lightning.data.shard_meta import read_meta
 from jreg_lightning.errors import ConfigError, JregError
-from jreg_lightning.study.runner import run_dir
+from jreg_lightning.study.runner import run_dir, unrecorded_attempts
 from jreg_lightning.study.spec import StudySpec
 
 SERIES_KEYS = ("steps", "jump_strength", "loss")
@@ -272,9 +272,27 @@ def _setup(spec: StudySpec, results: dict[str, dict]) -> dict:
         "val_tokens": meta.get("splits", {}).get("val", {}).get("tokens"),
         "seeds": sorted({r["seed"] for r in results.values()}),
         "fit_seconds": {name: r["fit_seconds"] for name, r in results.items()},
+        "fit_attempts_unrecorded": {
+            name: unrecorded_attempts(run_dir(spec, spec.run(name))) for name in results
+        },
         "parallel": spec.parallel,
         "threads_per_run": spec.threads_per_run,
     }
+
+
+def fit_times(setup: dict) -> str:
+    """``name N min`` per run; ``>= N`` where a killed fit could not record its time."""
+    unrecorded = setup.get("fit_attempts_unrecorded", {})
+    times = [
+        f"{name} {'>= ' if unrecorded.get(name) else ''}{seconds / 60:.0f} min"
+        for name, seconds in setup["fit_seconds"].items()
+    ]
+    note = (
+        " (>=: a fit killed mid-run, e.g. with its session, could not record its time)"
+        if any(unrecorded.values())
+        else ""
+    )
+    return ", ".join(times) + note
 
 
 def write_report(spec: StudySpec, results: dict[str, dict], command: str) -> list[Path]:
@@ -493,11 +511,7 @@ def _markdown(spec, summary, order, metrics, stats, deltas, pictures: Path) -> s
         f"AdamW lr {optim.get('lr')} ({optim.get('schedule', 'cosine')} after "
         f"{optim.get('warmup_steps')} warmup steps); seeds {setup['seeds']}.",
         f"- Runs went {setup['parallel']} at a time, {setup['threads_per_run']} thread(s) each, "
-        f"on a 2-core CPU; fit wall time per run: "
-        + ", ".join(
-            f"{name} {seconds / 60:.0f} min" for name, seconds in setup["fit_seconds"].items()
-        )
-        + ".",
+        f"on a 2-core CPU; fit wall time per run: {fit_times(setup)}.",
         f"- Numbers are the final validation of each run's last checkpoint on the first "
         f"{setup['val_batches']} validation batches ({val_tokens:,} tokens, the same batches for "
         "every run; post-norm final state unless the run says pre_norm); J vs step comes from "

@@ -85,6 +85,16 @@ def _attempts(folder: Path) -> list[dict]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def unrecorded_attempts(folder: Path) -> int:
+    """Fits of the run that left a log version but no timed attempt (killed mid-fit).
+
+    Each fit writes a new logger version; an attempt is recorded only when its
+    fit returns, so a session that ended mid-fit leaves a version without one.
+    """
+    versions = [path for path in folder.glob("*/version_*") if path.is_dir()]
+    return max(0, len(versions) - len(_attempts(folder)))
+
+
 def _record_attempt(folder: Path, attempt: dict) -> None:
     attempts = [*_attempts(folder), attempt]
     temporary = folder / f".{ATTEMPTS_FILE}.tmp"
