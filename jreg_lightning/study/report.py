@@ -412,7 +412,8 @@ def readme_summary(spec: StudySpec, summary: dict, metrics: dict, stats: dict) -
     if best:
         m = metrics[best]
         lines.append(
-            f"Best JREG run `{best}`: J {m['J']:.2f} ({_relative(m['J'], base_j['mean']):+.0%}), "
+            f"{'Best JREG run' if spec.best is None else 'Chosen JREG run'} "
+            f"`{best}`: J {m['J']:.2f} ({_relative(m['J'], base_j['mean']):+.0%}), "
             f"Psi_L {m['psi_L']:.5f} against {stats['psi_L']['mean']:.5f}, validation loss "
             f"{m['loss']:.3f} ({m['loss'] - base_loss['mean']:+.3f})."
         )
