@@ -446,6 +446,41 @@ def _replace_folder(staging: Path, path: Path) -> None:
     _fsync_folder(path.parent)
 
 
+def reopen_unfinished_epoch(checkpoint: dict[str, Any]) -> None:
+    """Record an epoch that ``max_steps`` (or a stop) cut short as still running, in place.
+
+    Lightning counts the epoch in which ``max_steps`` is reached as finished, so
+    the ``last.ckpt`` written at the end of a run says "epoch 1, before its first
+    batch" while its dataloader state sits part-way through epoch 0. Extending that
+    run (``--ckpt_path last`` with a larger ``max_steps``) then trains the rest of
+    epoch 0's data under the label epoch 1, and the progress bar counts from the old
+    position against a new total. Recorded as a mid-epoch checkpoint instead, the
+    resume takes Lightning's mid-epoch path, the same as a checkpoint saved by
+    ``every_n_train_steps``: epoch and position are those of an uninterrupted run.
+    A checkpoint whose epoch really ended (its last batch was seen) is left alone.
+    """
+    loop = (checkpoint.get("loops") or {}).get("fit_loop")
+    if not loop:
+        return
+    epochs = loop.get("epoch_progress") or {}
+    batches = loop.get("epoch_loop.batch_progress") or {}
+    total, current = epochs.get("total"), epochs.get("current")
+    ended_early = (
+        total is not None
+        and current is not None
+        and not batches.get("is_last_batch", True)
+        and (batches.get("current") or {}).get("completed", 0) > 0
+        and total["processed"] == total["started"] >= 1
+        and total["completed"] == total["processed"]
+    )
+    if not ended_early:
+        return
+    for counts in (total, current):
+        counts["processed"] -= 1
+        counts["completed"] -= 1
+    checkpoint["epoch"] = max(0, checkpoint.get("epoch", 1) - 1)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` with atomic, fsynced saves and ``weights_only=True`` loads.
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -91,9 +92,15 @@ class JregCLI(LightningCLI):
         return parser
 
     def instantiate_trainer(self, **kwargs):
-        """The Trainer, saving checkpoints atomically (``AtomicCheckpointIO``), quiet console."""
+        """The Trainer, saving checkpoints atomically (``AtomicCheckpointIO``), quiet console.
+
+        A config that asks for GPUs on a machine without one stops here in one line.
+        """
         # Taken before the Trainer exists: it appends its defaults to this same list.
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        preflight.check_accelerator(
+            config.get("trainer", {}).get("accelerator"), torch.cuda.is_available()
+        )
         configured = config.get("trainer", {}).get("callbacks") or []
         configured = list(configured) if isinstance(configured, list) else [configured]
         trainer = super().instantiate_trainer(**kwargs)

@@ -82,6 +82,21 @@ class _DropTips(logging.Filter):
 _TIP_FILTER = _DropTips()
 
 
+class _DropCudaHomeNotice(logging.Filter):
+    """torch's notice that a CUDA build runs without a GPU (``torch.utils.cpp_extension``).
+
+    Logged when ``torch.compile`` builds CPU kernels with the CUDA build of torch that
+    the CPU install pins (README, "Why constraints.txt"); the CPU kernels need nothing
+    from CUDA, so the user has nothing to do. Checked against torch 2.14.1.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+_CUDA_HOME_FILTER = _DropCudaHomeNotice()
+
+
 def quiet_console() -> None:
     """Install the filters of ``WARNING_FILTERS`` and ``TIP_PREFIXES`` (idempotent).
 
@@ -94,16 +109,52 @@ def quiet_console() -> None:
         logger = logging.getLogger(name)
         if _TIP_FILTER not in logger.filters:
             logger.addFilter(_TIP_FILTER)
+    extension_logger = logging.getLogger("torch.utils.cpp_extension")
+    if _CUDA_HOME_FILTER not in extension_logger.filters:
+        extension_logger.addFilter(_CUDA_HOME_FILTER)
 
 
 # ------------------------------------------------------------ callbacks
 class _WithoutVersion:
-    """Progress bar items without ``v_num``: the logger's version is the run folder's name."""
+    """Progress bar items without ``v_num``, and a total that holds after a mid-epoch resume.
+
+    The bar counts batches within the epoch (``batch_idx + 1``). Lightning's total is
+    ``min(batches in the epoch, steps left)``, which is right only when the epoch
+    starts at batch 0: a run resumed at batch 3 with 3 steps left showed ``6/3``.
+    Here the total is where the epoch or the run ends, counted from the batch
+    where the bar started, in batches (optimizer steps x ``accumulate_grad_batches``).
+    """
+
+    # The epoch's bar starts at this batch index, when global_step was this.
+    _first_batch: int | None = None
+    _first_step = 0
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
         return items
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._first_batch, self._first_step = 0, trainer.global_step
+        super().on_train_epoch_start(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # A mid-epoch resume calls no on_train_epoch_start: its first batch starts the bar.
+        if self._first_batch is None:
+            self._first_batch, self._first_step = batch_idx, trainer.global_step
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """The batch index (1-based) at which this epoch's bar ends: its data or ``max_steps``."""
+        trainer = self.trainer
+        in_epoch = trainer.num_training_batches
+        if trainer.max_steps is None or trainer.max_steps < 0 or self._first_batch is None:
+            return super().total_train_batches
+        steps_left = max(0, trainer.max_steps - self._first_step)
+        return min(in_epoch, self._first_batch + steps_left * trainer.accumulate_grad_batches)
 
 
 class QuietRichProgressBar(_WithoutVersion, RichProgressBar):

@@ -72,9 +72,9 @@ def init_llama_weights(model: nn.Module, initializer_range: float, seed: int) ->
                 if padding is not None:
                     full[padding].zero_()
             elif param_name == "bias":
-                full = torch.zeros(param.shape, dtype=param.dtype)
+                full = torch.zeros(param.shape, dtype=param.dtype, device="cpu")
             elif "RMSNorm" in type(module).__name__ and param_name == "weight":
-                full = torch.ones(param.shape, dtype=param.dtype)
+                full = torch.ones(param.shape, dtype=param.dtype, device="cpu")
             else:
                 raise TypeError(
                     f"init_llama_weights does not know how to initialise {name} "
@@ -143,9 +143,14 @@ def init_rotary_buffers(model: nn.Module) -> nn.Module:
 
 
 def _normal(param: Tensor, std: float, seed: int) -> Tensor:
-    """The full-shape tensor, drawn on CPU so every device gets the same numbers."""
+    """The full-shape tensor, drawn on CPU so every device gets the same numbers.
+
+    ``device="cpu"`` is explicit: Lightning calls ``configure_model`` under a default
+    device (the GPU under DDP or one device), where a bare ``torch.empty`` would not
+    match the CPU generator.
+    """
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    full = torch.empty(param.shape, dtype=torch.float32)
+    full = torch.empty(param.shape, dtype=torch.float32, device="cpu")
     full.normal_(mean=0.0, std=std, generator=generator)
     return full.to(param.dtype)
 

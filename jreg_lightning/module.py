@@ -18,8 +18,15 @@ from transformers.utils.output_capturing import (
     maybe_install_capturing_hooks as install_hidden_state_hooks,
 )
 
+from jreg_lightning.checkpoints import reopen_unfinished_epoch
 from jreg_lightning.displacement import layer_sums_and_counts
 from jreg_lightning.errors import ConfigError
+from jreg_lightning.gradients import (
+    check_clipping,
+    clip_by_total_norm_,
+    parameters_with_grads,
+    total_gradient_norm,
+)
 from jreg_lightning.init import materialize_llama
 from jreg_lightning.losses import (
     early_exit_loss_sum,
@@ -344,9 +351,15 @@ class JregLightningModule(L.LightningModule):
 
     # ---------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse to save after a non-finite loss; keep the skipped-batch count."""
+        """Refuse to save after a non-finite loss; keep the skipped-batch count.
+
+        An epoch that ``max_steps`` cut short is saved as still running
+        (``jreg_lightning.checkpoints.reopen_unfinished_epoch``), so that extending a
+        finished run resumes it at the true epoch and position.
+        """
         self.nonfinite_guard.raise_if_bad(self._last_checkpoint_path())
         checkpoint["nonfinite"] = self.nonfinite_guard.state_dict()
+        reopen_unfinished_epoch(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint of another model shape (one line, before any weight is copied)."""
@@ -371,10 +384,51 @@ class JregLightningModule(L.LightningModule):
     # ------------------------------------------------------------ optimizer
     def configure_optimizers(self):
         """AdamW with warmup + cosine decay to ``min_lr``, stepped every optimizer step."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         optimizer, scheduler = build_optimizer(
-            self.model, self.optim_config, self.trainer.max_steps
+            self.model, self.optim_config, self.trainer.max_steps, grad_scaler=scaler is not None
         )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip by the total norm (or by value), and log the norm before clipping at log steps.
+
+        The module clips instead of Lightning's precision plugin, which refuses any
+        fused optimizer under ``bf16-mixed`` (see ``jreg_lightning.gradients``).
+        The norm is the whole model's under FSDP2 and FSDP1; it stays on the device.
+        """
+        max_norm = float(gradient_clip_val or 0.0)
+        log_step = self._is_log_step()
+        if max_norm <= 0 and not log_step:
+            return
+        check_clipping(optimizer, getattr(self.trainer.precision_plugin, "scaler", None))
+        parameters = parameters_with_grads(optimizer)
+        by_value = (gradient_clip_algorithm or "norm").lower() == "value"
+        fsdp1_root = self._fsdp1_root()
+        if fsdp1_root is not None:
+            # FSDP1 keeps flat shards: only its own method reduces the norm over ranks.
+            limit = max_norm if max_norm > 0 and not by_value else float("inf")
+            norm = fsdp1_root.clip_grad_norm_(limit)
+        else:
+            norm = total_gradient_norm(parameters)
+            if max_norm > 0 and not by_value:
+                clip_by_total_norm_(parameters, max_norm, norm)
+        if max_norm > 0 and by_value:
+            torch.nn.utils.clip_grad_value_(parameters, max_norm, foreach=True)
+        if log_step:
+            self.log("train/grad_norm", norm.detach().float())
+
+    def _fsdp1_root(self):
+        """The ``FullyShardedDataParallel`` root under Lightning's ``FSDPStrategy``, else None."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        root = self.trainer.strategy.model if self._trainer is not None else None
+        return root if isinstance(root, FullyShardedDataParallel) else None

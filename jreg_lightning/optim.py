@@ -120,13 +120,17 @@ def check_max_steps(max_steps: int | None) -> None:
 
 
 def build_optimizer(
-    model: nn.Module, config: OptimConfig, max_steps: int
+    model: nn.Module, config: OptimConfig, max_steps: int, grad_scaler: bool = False
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (fused on CUDA and CPU, foreach elsewhere) and its per-step schedule."""
+    """AdamW and its per-step schedule.
+
+    The step is fused (one kernel for all parameters) on CUDA and CPU, and
+    ``foreach`` elsewhere or under a loss scaler (``grad_scaler``, fp16): a fused
+    step unscales inside itself, after the module has clipped, so clipping would act
+    on scaled gradients. Side-by-side step times: ``bench/optimizer_step.py``.
+    """
     check_max_steps(max_steps)
-    # One fused kernel per step on CUDA and CPU (on the 2-core CPU: 7 ms vs 24 ms foreach
-    # for the tiny model); foreach on any other device.
-    fused = {p.device.type for p in model.parameters()} <= FUSED_ADAMW_DEVICES
+    fused = not grad_scaler and {p.device.type for p in model.parameters()} <= FUSED_ADAMW_DEVICES
     optimizer = torch.optim.AdamW(
         parameter_groups(model, config.weight_decay),
         lr=config.lr,

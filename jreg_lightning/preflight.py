@@ -22,6 +22,23 @@ from jreg_lightning.model_config import LlamaModelConfig
 CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")
 
 
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def check_accelerator(accelerator: object, gpu_available: bool) -> None:
+    """A config that asks for GPUs (``trainer.accelerator: gpu``) needs one to be visible.
+
+    Called before the Trainer is built, whose own message is a traceback that names
+    no fix. ``auto`` and ``cpu`` always pass.
+    """
+    if str(accelerator).lower() in GPU_ACCELERATORS and not gpu_available:
+        raise ConfigError(
+            f"trainer.accelerator is {accelerator} but no CUDA GPU is visible; on this machine "
+            "pass --trainer.accelerator cpu (and a CPU-sized config such as "
+            "configs/tiny_jreg.yaml), or check CUDA_VISIBLE_DEVICES and the driver"
+        )
+
+
 def check_sequence_length(seq_len: int, llama: LlamaModelConfig) -> None:
     """``data.seq_len`` must fit the model's ``max_position_embeddings``."""
     if not isinstance(seq_len, int) or seq_len < 1:

@@ -194,6 +194,17 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], tuple[str, ...]]] = [
         lambda ws: ["validate", *ws.fit(f"--ckpt_path={ws.root / 'gone.ckpt'}")[1:]],
         ("ckpt_path", "does not exist"),
     ),
+    # ---- machine
+    (
+        "gpu-config-without-gpu",
+        lambda ws: ws.fit("--trainer.accelerator=gpu"),
+        ("trainer.accelerator", "--trainer.accelerator cpu"),
+    ),
+    (
+        "negative-loader-workers",
+        lambda ws: ws.fit("--data.num_workers=-1"),
+        ("data.num_workers", "auto"),
+    ),
     # ---- tokenizer (prepare)
     (
         "missing-tokenizer-file",
@@ -234,6 +245,8 @@ def test_bad_input_gives_one_line_and_changes_nothing(
     monkeypatch.delenv("JREG_TRACEBACK", raising=False)
     ws = Workspace(tmp_path, token_shards)
     argv = build(ws)
+    if "--trainer.accelerator=gpu" in argv and torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the config that asks for one is not bad input here")
     before = ws.snapshot()
     capfd.readouterr()
 

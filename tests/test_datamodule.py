@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from jreg_lightning.data.datamodule import TokenShardDataModule
+from jreg_lightning.data.datamodule import MAX_AUTO_WORKERS, TokenShardDataModule, loader_workers
 from jreg_lightning.errors import ConfigError, InputNotFoundError
 from jreg_lightning.model_config import LlamaModelConfig
 from jreg_lightning.preflight import check_sequence_length, check_token_shards
@@ -78,3 +78,12 @@ def test_seq_len_other_than_the_packing_warns_and_counts_the_loss(shards):
     info = data.accounting["val"]
     assert "train" not in data.accounting
     assert info["usable_tokens"] % 21 == 0 and info["usable_tokens"] < info["tokens"]
+
+
+def test_auto_loader_workers_share_the_cores_and_keep_one_per_rank(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    assert loader_workers("auto", ranks_per_node=1) == 1
+    assert loader_workers("auto", ranks_per_node=2) == 0
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(96)), raising=False)
+    assert loader_workers("auto", ranks_per_node=8) == min(MAX_AUTO_WORKERS, 11)
+    assert loader_workers(3, ranks_per_node=8) == 3, "a number is used as given"

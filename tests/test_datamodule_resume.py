@@ -11,11 +11,13 @@ the first epoch are disjoint and cover it.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import yaml
 
@@ -143,3 +145,67 @@ def test_two_rank_ddp_resume_and_disjoint_ranks(small_shards, tmp_path):
     assert set(seen[0]) | set(seen[1]) <= set(blocks)
     assert len(seen[0]) == len(seen[1])
     assert len(blocks) - len(seen[0]) - len(seen[1]) < 2 * 8
+
+
+class ProgressBarRecorder(L.Callback):
+    """Appends ``[epoch, batch_idx + 1, the bar's total]`` of each step to ``path`` (JSON lines)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        total = trainer.progress_bar_callback.total_train_batches
+        with self.path.open("a") as handle:
+            handle.write(json.dumps([trainer.current_epoch, batch_idx + 1, total]) + "\n")
+
+
+def _extend_config(path: Path, run: Path, data_dir: Path, steps: int) -> Path:
+    """A run that saves ``last.ckpt`` only when it ends, with its progress bar on."""
+    config = yaml.safe_load(_override(path, run, data_dir, steps).read_text())
+    config["trainer"]["enable_progress_bar"] = True
+    # A constant learning rate: a longer max_steps then changes nothing before the resume.
+    config["model"]["optim"]["schedule"] = "constant"
+    config["trainer"]["callbacks"] = [
+        config["trainer"]["callbacks"][0],  # BatchLog
+        checkpoint_callback(run / "checkpoints", save_last=True, every_n_train_steps=1000),
+        {
+            "class_path": "tests.test_datamodule_resume.ProgressBarRecorder",
+            "init_args": {"path": str(run / "bar.jsonl")},
+        },
+    ]
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_extending_a_finished_run_continues_its_epoch_like_an_uninterrupted_run(
+    small_shards, tmp_path
+):
+    from jreg_lightning.cli import main
+
+    steps, first = 20, 7
+    base = ["fit", "--config", str(REPO / "configs" / "tiny_jreg.yaml"), "--config"]
+    main([*base, str(_extend_config(tmp_path / "a.yaml", tmp_path / "a", small_shards, steps))])
+    b = _extend_config(tmp_path / "b.yaml", tmp_path / "b", small_shards, first)
+    main([*base, str(b)])
+    main([*base, str(b), "--trainer.max_steps", str(steps), "--ckpt_path", "last"])
+
+    uninterrupted = read_batch_log(tmp_path / "a" / "batches")
+    extended = read_batch_log(tmp_path / "b" / "batches")
+    assert max(r["epoch"] for r in uninterrupted) >= 1, "the run should cross an epoch boundary"
+    assert [r["step"] for r in extended] == list(range(1, steps + 1))
+    # The same batches under the same epoch numbers (the epoch that max_steps cut short
+    # goes on; it is not counted as finished), and the same losses.
+    assert [(r["epoch"], r["rows"]) for r in extended] == [
+        (r["epoch"], r["rows"]) for r in uninterrupted
+    ]
+    assert [r["loss"] for r in extended] == pytest.approx([r["loss"] for r in uninterrupted])
+    # The progress bar of the extended run counts within the epoch to where it ends.
+    bar = [json.loads(line) for line in (tmp_path / "b" / "bar.jsonl").read_text().splitlines()]
+    resumed = bar[first:]
+    assert resumed[0][1] == first + 1
+    for _epoch, position, total in resumed:
+        assert position <= total
+    ends = [row for row in resumed if row[1] == row[2]]
+    assert ends, "each bar reaches its total"
+    assert resumed[-1][1] == resumed[-1][2]

@@ -98,3 +98,16 @@ def test_module_configure_model_is_idempotent_and_seeded():
     eager = build_llama(UNTIED)
     for mine, theirs in zip(first.parameters(), eager.parameters()):
         assert torch.equal(mine, theirs)
+
+
+def test_init_draws_on_the_cpu_whatever_the_default_device():
+    # Lightning calls configure_model under its strategy's default device (the GPU under
+    # DDP or one device); "meta" stands in for it on a CPU-only machine.
+    config = LlamaModelConfig(**TINY_LLAMA)
+    expected = _meta_then_materialise(config, seed=5)
+    with torch.device("meta"):
+        model = build_llama(config)
+    with torch.device("meta"):
+        materialize_llama(model, "cpu", config.initializer_range, seed=5)
+    for (name, value), reference in zip(model.named_parameters(), expected.parameters()):
+        assert torch.equal(value, reference), name

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -11,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
 
 from jreg_lightning.data.shard_meta import chunk_tokens, read_index, read_meta, usable_tokens
+from jreg_lightning.errors import ConfigError
 
 
 class ResumableTokenLoader(StreamingDataLoader):
@@ -32,6 +34,24 @@ class ResumableTokenLoader(StreamingDataLoader):
             self.restore = False
         self._restored_epoch_started = self.restore
         yield from super().__iter__()
+
+
+# The most loader workers ``num_workers: auto`` starts per rank: token blocks need no decoding.
+MAX_AUTO_WORKERS = 8
+
+
+def loader_workers(requested: int | Literal["auto"], ranks_per_node: int) -> int:
+    """Loader worker processes per rank: ``requested``, or for ``auto`` the cores that fit.
+
+    ``auto`` shares this process's CPU cores among the ranks of the node and keeps
+    one core per rank for the training loop: ``cores // ranks - 1``, at most
+    ``MAX_AUTO_WORKERS``, at least 0 (load in the main process).
+    """
+    if requested != "auto":
+        return int(requested)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_rank = (cores or 1) // max(1, ranks_per_node)
+    return max(0, min(MAX_AUTO_WORKERS, per_rank - 1))
 
 
 # Splits each stage reads (also what cli.py checks before it starts the stage).
@@ -59,7 +79,10 @@ class TokenShardDataModule(L.LightningDataModule):
         data_dir: folder with ``train/`` and ``val/`` shard folders.
         seq_len: tokens per training sequence (each block holds one more, the target shift).
         batch_size: sequences per device per step.
-        num_workers: dataloader worker processes.
+        num_workers: loader worker processes per rank, or ``auto``: the node's cores
+            shared among its ranks, one left per rank for the training loop
+            (``loader_workers``). The order of the batches depends on the count, and a
+            resume needs the same count: pin a number to move a run between machines.
         shuffle: shuffle the training chunks and blocks (fixed by ``seed``).
         seed: shuffle seed; keep it fixed across a resumed run.
     """
@@ -69,7 +92,7 @@ class TokenShardDataModule(L.LightningDataModule):
         data_dir: str | Path = "data/demo",
         seq_len: int = 256,
         batch_size: int = 8,
-        num_workers: int = 0,
+        num_workers: int | Literal["auto"] = 0,
         shuffle: bool = True,
         seed: int = 42,
     ) -> None:
@@ -77,6 +100,8 @@ class TokenShardDataModule(L.LightningDataModule):
         self.data_dir = Path(data_dir)
         self.seq_len = seq_len
         self.batch_size = batch_size
+        if num_workers != "auto" and num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0 or auto, got {num_workers}")
         self.num_workers = num_workers
         self.shuffle = shuffle
         self.seed = seed
@@ -121,7 +146,8 @@ class TokenShardDataModule(L.LightningDataModule):
         share = f" = {100 * tokens / total:.1f}% of the tokens written" if total else ""
         rank_zero_info(
             f"data: {split}: one epoch = {batches:,} batches per rank x {world} rank(s) x "
-            f"{self.batch_size} x {self.seq_len + 1} = {tokens:,} tokens{share}"
+            f"{self.batch_size} x {self.seq_len + 1} = {tokens:,} tokens{share}; "
+            f"{self.workers_per_rank()} loader worker(s) per rank"
         )
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -140,11 +166,16 @@ class TokenShardDataModule(L.LightningDataModule):
             seed=self.seed,
         )
 
+    def workers_per_rank(self) -> int:
+        """``num_workers`` resolved for this node (``loader_workers``)."""
+        ranks = getattr(self.trainer, "num_devices", 1) if self.trainer is not None else 1
+        return loader_workers(self.num_workers, ranks)
+
     def _loader(self, split: str, shuffle: bool) -> StreamingDataLoader:
         return ResumableTokenLoader(
             self._dataset(split, shuffle),
             batch_size=self.batch_size,
-            num_workers=self.num_workers,
+            num_workers=self.workers_per_rank(),
             pin_memory=torch.cuda.is_available(),
             drop_last=True,
         )
