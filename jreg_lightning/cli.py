@@ -140,6 +140,7 @@ class JregCLI(LightningCLI):
             data.seq_len,
             data.batch_size,
             model.llama_config.vocab_size,
+            data.storage_options,
         )
         folders = [
             str(cb.dirpath)

@@ -18,6 +18,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 from jreg_lightning.checkpoints import load_checkpoint_model
 from jreg_lightning.data.shard_meta import META_FILE, read_meta
+from jreg_lightning.data.storage import require_local
 from jreg_lightning.data.tokenizer import load_hf_tokenizer
 from jreg_lightning.errors import ConfigError, InputNotFoundError, OutputExistsError
 
@@ -26,7 +27,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def tokenizer_from_meta(data_dir: str | Path) -> tuple[Path, int | None]:
     """The tokenizer path and EOS id recorded in ``data_dir/meta.json`` by ``cli.py prepare``."""
-    meta_path = Path(data_dir) / META_FILE
+    data_dir = require_local(data_dir, "data_dir")
+    meta_path = data_dir / META_FILE
     meta = read_meta(data_dir)
     if meta is None:
         raise InputNotFoundError(

@@ -84,8 +84,9 @@ def check_token_shards(
     seq_len: int,
     batch_size: int,
     vocab_size: int,
+    storage_options: dict | None = None,
 ) -> None:
-    """Each split folder is a readable litdata dataset with at least one full batch.
+    """Each split folder (or URL) is a readable litdata dataset with at least one full batch.
 
     A missing folder or split is reported by ``read_index``, which reads it.
 
@@ -94,23 +95,25 @@ def check_token_shards(
     inside the first forward pass).
     """
     from jreg_lightning.data.shard_meta import chunk_tokens, read_index, read_meta, usable_tokens
+    from jreg_lightning.data.storage import join
 
-    data_dir = Path(data_dir)
-    meta = read_meta(data_dir)
+    meta = read_meta(data_dir, storage_options)
     if meta is not None and int(meta.get("vocab_size", 0)) > vocab_size:
         raise ConfigError(
             f"model.llama.vocab_size={vocab_size} is below the data's vocabulary of "
-            f"{meta['vocab_size']} tokens ({data_dir / 'meta.json'}); set model.llama.vocab_size "
-            f">= {meta['vocab_size']}"
+            f"{meta['vocab_size']} tokens ({join(data_dir, 'meta.json')}); set "
+            f"model.llama.vocab_size >= {meta['vocab_size']}"
         )
     block = seq_len + 1
     for split in splits:
-        blocks = usable_tokens(chunk_tokens(read_index(data_dir / split)), block) // block
+        index = read_index(join(data_dir, split), storage_options)
+        blocks = usable_tokens(chunk_tokens(index), block) // block
         if blocks < batch_size:
             raise ConfigError(
-                f"data.data_dir: {data_dir / split} holds {blocks} block(s) of seq_len+1={block} "
-                f"tokens, fewer than one batch of data.batch_size={batch_size}; prepare more "
-                "text, or lower data.seq_len or data.batch_size"
+                f"data.data_dir: {join(data_dir, split)} holds {blocks} block(s) of "
+                f"seq_len+1={block} tokens, fewer than one batch of "
+                f"data.batch_size={batch_size}; prepare more text, or lower data.seq_len or "
+                "data.batch_size"
             )
 
 

@@ -218,19 +218,24 @@ def check_data_tokenizer(path: str | Path, data_dir: str | Path) -> None:
     Raises:
         ConfigError: the two vocabularies differ.
     """
+    import tempfile
+
+    from jreg_lightning.data.shard_meta import read_meta
+    from jreg_lightning.data.storage import as_location, join, read_text
     from jreg_lightning.data.tokenizer import load_tokenizer
 
-    folder, data_dir = Path(path), Path(data_dir)
-    meta_path = data_dir / "meta.json"
-    if not meta_path.is_file():
-        return
-    recorded = json.loads(meta_path.read_text()).get("tokenizer")
-    data_tokenizer = data_dir / recorded if recorded else None
+    folder, data_dir = Path(path), as_location(data_dir)
+    recorded = (read_meta(data_dir) or {}).get("tokenizer")
     tokenizer_files = ("tokenizer.json", "tokenizer.model")
     folder_has_one = any((folder / name).is_file() for name in tokenizer_files)
-    if data_tokenizer is None or not data_tokenizer.exists() or not folder_has_one:
+    text = read_text(join(data_dir, recorded), "data.data_dir") if recorded else None
+    if text is None or not folder_has_one:
         return
-    if load_tokenizer(data_tokenizer)[0].get_vocab() != load_tokenizer(folder)[0].get_vocab():
+    with tempfile.TemporaryDirectory() as scratch:
+        data_tokenizer = Path(scratch, "tokenizer.json")
+        data_tokenizer.write_text(text)
+        data_vocab = load_tokenizer(data_tokenizer)[0].get_vocab()
+    if data_vocab != load_tokenizer(folder)[0].get_vocab():
         raise ConfigError(
             f"data.data_dir: {data_dir} was prepared with another tokenizer than {folder} "
             f"(model.init_from); prepare it again with `cli.py prepare --tokenizer {folder}`"

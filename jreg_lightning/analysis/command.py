@@ -164,7 +164,7 @@ def analyze(
                 text_field,
             )
         if data is not None:
-            known = shard_vocab_size(Path(data))
+            known = shard_vocab_size(data)
             if known is not None and vocab_size is not None and known > vocab_size:
                 raise ConfigError(
                     f"analyze: shards in {data} have vocab_size {known} but {source.name} has "

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from jreg_lightning.data.shard_meta import read_meta
 from jreg_lightning.data.sources import COMPRESSED_SUFFIXES, json_line, open_binary
+from jreg_lightning.data.storage import Location, as_location, is_remote, join, read_text
 from jreg_lightning.data.tokenizer import encode_texts
 from jreg_lightning.errors import ConfigError, InputNotFoundError
 
@@ -27,33 +28,35 @@ from jreg_lightning.errors import ConfigError, InputNotFoundError
 _TEXT_CHUNK_CHARS = 1 << 16
 
 
-def shard_dir(data: Path, split: str) -> Path:
-    """The litdata dataset folder of ``split`` (``data/split``), or ``data`` itself."""
-    if (data / split / "index.json").is_file():
-        return data / split
-    if (data / "index.json").is_file():
-        return data
+def shard_dir(data: Location, split: str) -> Location:
+    """The litdata dataset of ``split`` (``data/split``), or ``data`` itself; folder or URL."""
+    for candidate in (join(data, split), data):
+        if read_text(join(candidate, "index.json"), "data") is not None:
+            return candidate
     raise InputNotFoundError(
-        f"analyze: {data} holds no litdata dataset ({data / split}/index.json is missing); "
+        f"analyze: {data} holds no litdata dataset ({join(data, split)}/index.json is missing); "
         "pass --data a folder made by `prepare` (with train/ and val/) and --split train or val"
     )
 
 
-def shard_vocab_size(data: Path) -> int | None:
+def shard_vocab_size(data: Location) -> int | None:
     """``vocab_size`` from ``meta.json`` beside prepared shards, if there is one."""
-    value = (read_meta(data) or {}).get("vocab_size")
+    value = (read_meta(as_location(data)) or {}).get("vocab_size")
     return int(value) if value is not None else None
 
 
 def shard_batches(
     data: str | Path, split: str, seq_len: int, batch_size: int, max_batches: int
 ) -> Iterator[Tensor]:
-    """Batches of consecutive ``seq_len + 1`` token blocks from a litdata TokensLoader dataset."""
+    """Batches of consecutive ``seq_len + 1`` token blocks from a litdata TokensLoader dataset.
+
+    ``data`` is a folder or a URL (streamed through litdata's default cache).
+    """
     from litdata import StreamingDataset, TokensLoader
 
-    folder = shard_dir(Path(data), split).resolve()
+    folder = shard_dir(as_location(data), split)
     dataset = StreamingDataset(
-        input_dir=str(folder),
+        input_dir=str(folder if is_remote(folder) else Path(folder).resolve()),
         item_loader=TokensLoader(block_size=seq_len + 1),
         shuffle=False,
         drop_last=True,

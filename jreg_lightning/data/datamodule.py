@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
 
 from jreg_lightning.data.shard_meta import chunk_tokens, read_index, read_meta, usable_tokens
+from jreg_lightning.data.storage import as_location, check_url, is_remote, join
 from jreg_lightning.errors import ConfigError
 
 
@@ -85,6 +86,13 @@ class TokenShardDataModule(L.LightningDataModule):
             resume needs the same count: pin a number to move a run between machines.
         shuffle: shuffle the training chunks and blocks (fixed by ``seed``).
         seed: shuffle seed; keep it fixed across a resumed run.
+        cache_dir: local cache of chunks streamed from a URL ``data_dir`` (one subfolder
+            per split); None: litdata's default, ``~/.lightning/chunks`` (or
+            ``$LITDATA_CACHE_DIR``). Keep it fixed across a resumed run.
+        max_cache_size: the most the cache of one split may hold before litdata deletes
+            chunks it has served, e.g. ``"100GB"`` (litdata's default).
+        storage_options: extra arguments of the object-store client (boto3's ``client``
+            for ``s3://``); endpoint and credentials come from the AWS environment.
     """
 
     def __init__(
@@ -95,9 +103,17 @@ class TokenShardDataModule(L.LightningDataModule):
         num_workers: int | Literal["auto"] = 0,
         shuffle: bool = True,
         seed: int = 42,
+        cache_dir: str | None = None,
+        max_cache_size: str = "100GB",
+        storage_options: dict | None = None,
     ) -> None:
         super().__init__()
-        self.data_dir = Path(data_dir)
+        self.data_dir = as_location(data_dir)
+        if is_remote(self.data_dir):
+            check_url(str(self.data_dir), "data.data_dir")
+        self.cache_dir = cache_dir
+        self.max_cache_size = max_cache_size
+        self.storage_options = storage_options
         self.seq_len = seq_len
         self.batch_size = batch_size
         if num_workers != "auto" and num_workers < 0:
@@ -115,7 +131,7 @@ class TokenShardDataModule(L.LightningDataModule):
         ``jreg_lightning.preflight`` before ``cli.py`` starts a stage; a missing
         or broken split folder fails here in one line (``read_index``).
         """
-        meta = read_meta(self.data_dir)
+        meta = read_meta(self.data_dir, self.storage_options)
         packed_for = meta.get("seq_len") if meta else None
         if packed_for is not None and packed_for != self.seq_len:
             rank_zero_warn(
@@ -125,7 +141,7 @@ class TokenShardDataModule(L.LightningDataModule):
             )
         block = self.seq_len + 1
         for split in STAGE_SPLITS.get(stage, ("train", "val")):
-            per_chunk = chunk_tokens(read_index(self.data_dir / split))
+            per_chunk = chunk_tokens(read_index(join(self.data_dir, split), self.storage_options))
             total, usable = sum(per_chunk), usable_tokens(per_chunk, block)
             self.accounting[split] = {"tokens": total, "usable_tokens": usable}
             lost = total - usable
@@ -158,8 +174,12 @@ class TokenShardDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------- loaders
     def _dataset(self, split: str, shuffle: bool) -> StreamingDataset:
+        cache = str(Path(self.cache_dir, split)) if self.cache_dir else None
         return StreamingDataset(
-            input_dir=str(self.data_dir / split),
+            input_dir=str(join(self.data_dir, split)),
+            cache_dir=cache,
+            max_cache_size=self.max_cache_size,
+            storage_options=self.storage_options,
             item_loader=TokensLoader(block_size=self.seq_len + 1),
             shuffle=shuffle,
             drop_last=True,

@@ -21,6 +21,7 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from jreg_lightning.data.sources import (
     read_documents,
     scan_inputs,
 )
+from jreg_lightning.data.storage import check_destination, is_remote, upload_folder
 from jreg_lightning.data.tokenizer import (
     EOS_TOKEN,
     TOKENIZER_FILE,
@@ -413,6 +415,7 @@ def prepare(
     num_workers: int | None = None,
     seed: int = 42,
     overwrite: bool = False,
+    storage_options: dict | None = None,
 ) -> dict:
     """Tokenize local text into litdata shards (``train/``, ``val/``) plus ``meta.json``.
 
@@ -421,7 +424,9 @@ def prepare(
             files or folders of .txt (one document per file), .jsonl / .json
             (one document per line), .parquet (one per row), each of the text
             formats also compressed (.gz, .zst), or a ``datasets`` ``save_to_disk`` folder.
-        output_dir: where the shards go; refused if it holds data, unless ``overwrite``.
+        output_dir: where the shards go, a local folder or an object-store URL
+            (``s3://bucket/path``: built in a local staging folder, checked, then
+            uploaded, ``meta.json`` last); refused if it holds data, unless ``overwrite``.
         text_field: JSONL field or Parquet / ``datasets`` column holding the text.
         tokenizer: a ``tokenizer.json``, a local HF tokenizer folder or a sentencepiece
             folder; if omitted, a byte-level BPE of ``vocab_size`` is trained on the
@@ -447,11 +452,16 @@ def prepare(
         num_workers: tokenizer processes (default: all CPU cores).
         seed: seed of the validation hold-out and of the shuffle.
         overwrite: replace an existing ``output_dir``.
+        storage_options: object-store client arguments for a URL ``output_dir`` (boto3's
+            ``client`` for ``s3://``); endpoint and credentials come from the AWS environment.
 
     Returns:
         The contents of ``meta.json``.
     """
-    command = prepare_command(dict(locals()))
+    # storage_options may hold credentials: they stay out of the recorded command.
+    command = prepare_command({k: v for k, v in locals().items() if k != "storage_options"})
+    if is_remote(output_dir):
+        return _prepare_to_url(dict(locals()), command)
     started = time.perf_counter()
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     output = Path(output_dir).absolute()
@@ -603,4 +613,26 @@ def prepare(
         f"prepare: {total:,} tokens in {elapsed:.1f} s ({total / elapsed:,.0f} tokens/s); "
         f"vocab {vocab} ({dtype_name}); wrote {output}"
     )
+    return meta
+
+
+def _prepare_to_url(arguments: dict, command: str) -> dict:
+    """``prepare`` into a local staging folder, then upload it to the URL ``output_dir``.
+
+    The destination is checked first (scheme, bucket, credentials, an empty prefix unless
+    ``overwrite``), so bad input fails before any work; the token check runs on the staged
+    shards as for a local folder, and nothing is uploaded unless it passed.
+    """
+    url = str(arguments["output_dir"]).rstrip("/")
+    options = arguments["storage_options"]
+    occupied = check_destination(url, arguments["overwrite"], "output_dir", options)
+    with tempfile.TemporaryDirectory(prefix="jreg-prepare-") as staging:
+        local = Path(staging) / "data"
+        arguments = {**arguments, "output_dir": str(local), "overwrite": False}
+        arguments.pop("command", None)
+        meta = prepare(**arguments)
+        meta.update(command=command, location=url)
+        write_meta(local, meta)
+        count = upload_folder(local, url, "output_dir", options, replace=occupied)
+    print(f"prepare: uploaded {count} files to {url}")
     return meta

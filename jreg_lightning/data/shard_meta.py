@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from jreg_lightning.data.storage import Location, is_remote, join, read_text
 from jreg_lightning.errors import ConfigError, InputNotFoundError
 
 META_FILE = "meta.json"
@@ -26,30 +27,37 @@ def token_dtype(vocab_size: int, dtype: str = "auto") -> str:
     return dtype
 
 
-def read_meta(data_dir: str | Path) -> dict | None:
-    """The ``meta.json`` of a prepared data folder, or ``None`` if there is none."""
-    path = Path(data_dir) / META_FILE
-    if not path.is_file():
-        return None
+def read_meta(data_dir: Location, storage_options: dict | None = None) -> dict | None:
+    """The ``meta.json`` of a prepared data folder or URL, or ``None`` if there is none."""
+    path = join(data_dir, META_FILE)
     try:
-        return json.loads(path.read_text())
+        text = read_text(path, "data.data_dir", storage_options)
+        return None if text is None else json.loads(text)
     except (OSError, json.JSONDecodeError) as error:
         raise ConfigError(
             f"data_dir: {path} is unreadable ({error}); re-run `cli.py prepare` into that folder"
         ) from None
 
 
-def read_index(split_dir: str | Path) -> dict:
+def read_index(split_dir: Location, storage_options: dict | None = None) -> dict:
     """The litdata ``index.json`` of one split; a one-line error if it is missing or broken."""
-    split_dir = Path(split_dir)
-    path = split_dir / INDEX_FILE
-    if not split_dir.is_dir():
+    path = join(split_dir, INDEX_FILE)
+    if not is_remote(split_dir) and not Path(split_dir).is_dir():
         raise InputNotFoundError(
             f"data.data_dir: {split_dir} does not exist; run `python cli.py prepare` "
             "or point data.data_dir at a folder holding train/ and val/"
         )
     try:
-        index = json.loads(path.read_text())
+        text = read_text(path, "data.data_dir", storage_options)
+    except OSError:
+        text = None
+    if text is None and is_remote(split_dir):
+        raise InputNotFoundError(
+            f"data.data_dir: {path} does not exist; run `python cli.py prepare --output_dir "
+            f"{str(split_dir).rsplit('/', 1)[0]}` or fix the URL"
+        )
+    try:
+        index = json.loads(text or "")
         index["chunks"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         raise ConfigError(

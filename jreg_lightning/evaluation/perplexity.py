@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 
 from jreg_lightning.analysis.measure import measure_model
 from jreg_lightning.analysis.text import shard_batches, shard_dir, shard_vocab_size
+from jreg_lightning.data.storage import as_location, is_remote
 from jreg_lightning.errors import ConfigError, InputNotFoundError
 from jreg_lightning.evaluation.models import EvalModel, load_eval_model, require_tokenizer
 
@@ -88,8 +89,8 @@ def measure_perplexity(
     split: str = "val",
 ) -> dict:
     """Perplexity of a loaded model on token shards or a text file (see ``perplexity``)."""
-    data = Path(data)
-    if not data.exists():
+    data = as_location(data)
+    if not is_remote(data) and not data.exists():
         raise InputNotFoundError(
             f"data: {data} does not exist; pass prepared shards or a .txt file"
         )
@@ -99,7 +100,7 @@ def measure_perplexity(
             f"seq_len: {seq_len} exceeds the model's max_position_embeddings {model.max_length}; "
             "pass a smaller --seq_len"
         )
-    if data.is_file():
+    if not is_remote(data) and data.is_file():
         tokenizer = require_tokenizer(model, "perplexity on a text file")
         ids = tokenizer.encode(data.read_text(encoding="utf-8"), add_special_tokens=False)
         if len(ids) > 0 and tokenizer.eos_token_id is not None:
