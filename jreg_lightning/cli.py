@@ -19,8 +19,8 @@ from jreg_lightning.checkpoints import AtomicCheckpointIO, read_checkpoint_meta
 from jreg_lightning.commands import EXTRA_COMMANDS, run_extra_command
 from jreg_lightning.console import quiet_callbacks, quiet_console
 from jreg_lightning.data.datamodule import STAGE_SPLITS, TokenShardDataModule
-from jreg_lightning.evaluation.in_training import HeldOutEvaluation
 from jreg_lightning.errors import TRACEBACK_ENV, one_line, reported_error
+from jreg_lightning.evaluation.in_training import HeldOutEvaluation
 from jreg_lightning.module import JregLightningModule
 from jreg_lightning.optim import check_max_steps
 from jreg_lightning.profile_report import ProfileReport

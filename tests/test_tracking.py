@@ -56,9 +56,7 @@ def _check_config(text: str) -> None:
 
 
 @pytest.mark.slow
-def test_wandb_offline_run_holds_metrics_profile_picture_table_and_config(
-    token_shards, tmp_path
-):
+def test_wandb_offline_run_holds_metrics_profile_picture_table_and_config(token_shards, tmp_path):
     from tests.wandb_records import history_rows, read_records, run_record
 
     baseline = _baseline_file(tmp_path)
@@ -88,9 +86,7 @@ def test_wandb_offline_run_holds_metrics_profile_picture_table_and_config(
 
 
 @pytest.mark.slow
-def test_mlflow_run_holds_metrics_profile_pictures_and_config(
-    token_shards, tmp_path, monkeypatch
-):
+def test_mlflow_run_holds_metrics_profile_pictures_and_config(token_shards, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -139,7 +139,8 @@ class HeldOutEvaluation(L.Callback):
         # litdata gives this rank its own share of the blocks.
         batches = list(shard_batches(folder, self.split, seq_len, self.batch_size, per_rank))
         device = pl_module.device
-        rounds = int(trainer.strategy.reduce(torch.tensor(len(batches), device=device), None, "max"))
+        count = torch.tensor(len(batches), device=device)
+        rounds = int(trainer.strategy.reduce(count, None, "max"))
         if rounds == 0:
             raise ConfigError(
                 f"evaluation.perplexity: {folder} has fewer than evaluation.batch_size "
@@ -172,9 +173,9 @@ class HeldOutEvaluation(L.Callback):
         loss_sum = token_cross_entropy(logits, targets, reduction="sum")
         psi_sums, psi_counts = layer_sums_and_counts(states)
         count = loss_sum.new_tensor(float(targets.numel()))
-        return torch.cat([loss_sum[None], count[None], psi_sums.float(), psi_counts.float()]).to(
-            torch.float64
-        )
+        counts = psi_counts.float().expand(psi_sums.shape)  # one count for every layer
+        parts = [loss_sum[None], count[None], psi_sums.float(), counts]
+        return torch.cat(parts).to(torch.float64)
 
     def score_tasks(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Zero-shot task accuracy of a full copy of the weights, scored by rank 0."""
@@ -200,7 +201,8 @@ class HeldOutEvaluation(L.Callback):
             model.load_state_dict(state)
             model.eval()
             tokenizer_path, _eos = tokenizer_from_meta(trainer.datamodule.data_dir)
-            loaded = EvalModel("training", Path("."), model, load_hf_tokenizer(tokenizer_path), False)
+            tokenizer = load_hf_tokenizer(tokenizer_path)
+            loaded = EvalModel("training", Path("."), model, tokenizer, is_hf_folder=False)
             results = evaluate_tasks(
                 loaded, self.tasks, self._backend(), self.batch_size, self.task_limit
             )
