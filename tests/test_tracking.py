@@ -155,3 +155,33 @@ def test_baseline_profile_is_read_from_a_run_folder_or_a_study_result(tmp_path):
 def test_tensorboard_layout_puts_every_layer_of_a_stage_in_one_chart():
     layout = psi_chart_layout()["JREG"]
     assert layout["val Psi, every layer"] == ["Multiline", [r"^val/psi/layer_\d+$"]]
+
+
+def test_study_runs_log_to_one_experiment_tagged_with_lam_weights_and_seed(tmp_path, monkeypatch):
+    from jreg_lightning.study.runner import run_config
+    from jreg_lightning.study.spec import load_study
+    from tests.studies import tiny_study
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = tiny_study(tmp_path)
+    settings = yaml.safe_load(path.read_text())
+    settings["logger"] = str(REPO / "configs/logger/mlflow.yaml")
+    path.write_text(yaml.safe_dump(settings))
+    spec = load_study(path)
+    stores = set()
+    for run in spec.runs:
+        csv_logger, tracked = run_config(spec, run)["trainer"]["logger"]
+        assert csv_logger["class_path"].endswith("CSVLogger")
+        args = tracked["init_args"]
+        assert args["experiment_name"] == "runs"
+        assert args["tags"] == {
+            "lam": str(run.jreg["lam"]),
+            "weights": str(run.jreg.get("weights", "default")),
+            "seed": str(run.seed),
+        }
+        stores.add(args["tracking_uri"])
+    assert stores == {f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}"}
+    settings["logger"] = str(tmp_path / "missing.yaml")
+    path.write_text(yaml.safe_dump(settings))
+    with pytest.raises(FileNotFoundError, match="study: logger"):
+        load_study(path)
