@@ -14,6 +14,7 @@ TensorBoard as text. Loggers without these (CSV) are left alone.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -86,7 +87,9 @@ def psi_chart_layout() -> dict:
 def log_file(logger: Logger, path: Path, folder: str | None = None) -> None:
     """Attach a file to a W&B run (its files) or an MLflow run (an artifact)."""
     if isinstance(logger, WandbLogger):
-        logger.experiment.save(str(path), base_path=str(path.parent), policy="now")
+        # Files in the run's own folder are part of the run (wandb.save would symlink
+        # and warn about it).
+        shutil.copy(path, Path(logger.experiment.dir) / path.name)
     elif isinstance(logger, MLFlowLogger):
         logger.experiment.log_artifact(logger.run_id, str(path), artifact_path=folder)
 
