@@ -20,9 +20,11 @@ from jreg_lightning.commands import EXTRA_COMMANDS, run_extra_command
 from jreg_lightning.console import quiet_callbacks, quiet_console
 from jreg_lightning.data.datamodule import STAGE_SPLITS, TokenShardDataModule
 from jreg_lightning.errors import TRACEBACK_ENV, one_line, reported_error
+from jreg_lightning.evaluation.in_training import HeldOutEvaluation
 from jreg_lightning.module import JregLightningModule
 from jreg_lightning.optim import check_max_steps
 from jreg_lightning.profile_report import ProfileReport
+from jreg_lightning.tracking import ConfigArtifact, ProfileTracking
 
 # In a logger's save_dir or a checkpoint's dirpath: the run directory, trainer.default_root_dir.
 RUN_DIR = "{run}"
@@ -33,6 +35,8 @@ class JregCLI(LightningCLI):
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # config.yaml goes to the log folder and, as a file, to W&B / MLflow / TensorBoard.
+        kwargs.setdefault("save_config_callback", ConfigArtifact)
         kwargs.setdefault("seed_everything_default", 1337)
         # The module owns its optimizer and schedule (model.optim); no --optimizer flags.
         kwargs.setdefault("auto_configure_optimizers", False)
@@ -47,7 +51,15 @@ class JregCLI(LightningCLI):
         super().__init__(JregLightningModule, TokenShardDataModule, args=args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """``global_batch_size``: sequences per optimizer step over all devices (optional)."""
+        """``global_batch_size`` (optional); ``tracking.*`` and ``evaluation.*`` (callbacks).
+
+        ``tracking``: the profile picture for experiment trackers
+        (``jreg_lightning.tracking.ProfileTracking``); ``evaluation``: held-out
+        evaluation every N steps, off unless ``evaluation.every_n_steps`` is set
+        (``jreg_lightning.evaluation.in_training.HeldOutEvaluation``).
+        """
+        parser.add_lightning_class_args(ProfileTracking, "tracking")
+        parser.add_lightning_class_args(HeldOutEvaluation, "evaluation")
         parser.add_argument(
             "--global_batch_size",
             type=int | None,

@@ -97,6 +97,32 @@ class _DropCudaHomeNotice(logging.Filter):
 _CUDA_HOME_FILTER = _DropCudaHomeNotice()
 
 
+class _DropTrackerNotices(logging.Filter):
+    """Set-up notices of the MLflow overlay (``configs/logger/mlflow.yaml``).
+
+    MLflow creates its sqlite tables on a new store and Lightning's ``MLFlowLogger``
+    creates the experiment on first use; both are what the overlay asks for, so the
+    user has nothing to do. Checked against mlflow-skinny 3.18.0, lightning 2.6.6.
+    """
+
+    PREFIXES = (
+        "Creating initial MLflow database tables",
+        "Updating database tables",
+        "Experiment with name ",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (
+            message.startswith(self.PREFIXES)
+            and (not message.startswith("Experiment") or message.endswith("Creating it."))
+        )
+
+
+_TRACKER_FILTER = _DropTrackerNotices()
+TRACKER_LOGGERS = ("mlflow.store.db.utils", "lightning.pytorch.loggers.mlflow")
+
+
 def quiet_console() -> None:
     """Install the filters of ``WARNING_FILTERS`` and ``TIP_PREFIXES`` (idempotent).
 
@@ -109,6 +135,10 @@ def quiet_console() -> None:
         logger = logging.getLogger(name)
         if _TIP_FILTER not in logger.filters:
             logger.addFilter(_TIP_FILTER)
+    for name in TRACKER_LOGGERS:
+        tracker_logger = logging.getLogger(name)
+        if _TRACKER_FILTER not in tracker_logger.filters:
+            tracker_logger.addFilter(_TRACKER_FILTER)
     extension_logger = logging.getLogger("torch.utils.cpp_extension")
     if _CUDA_HOME_FILTER not in extension_logger.filters:
         extension_logger.addFilter(_CUDA_HOME_FILTER)

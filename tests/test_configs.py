@@ -24,7 +24,7 @@ ALL_CONFIGS = sorted(set(CONFIGS.rglob("*.yaml")) - set(STUDY_FILES))
 # Files in these folders are the value of one key (``llama: model/llama_1b.yaml``).
 VALUE_FOLDERS = {"model": "model.llama", "jreg": "model.jreg"}
 # Files in these folders are overlays, passed after a full config (several --config).
-FRAGMENT_FOLDERS = {"strategy", "logger"}
+FRAGMENT_FOLDERS = {"strategy", "logger", "eval"}
 BASE_FOR_FRAGMENTS = CONFIGS / "tiny_jreg.yaml"
 # Keys that name the run (its directory) and so differ within a baseline/JREG pair.
 RUN_PATH_KEYS = (

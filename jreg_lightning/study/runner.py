@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from jreg_lightning.errors import JregError
+from jreg_lightning.loggers import MLFLOW_ARTIFACTS, MLFLOW_DB
 from jreg_lightning.study.spec import RunSpec, StudySpec
 
 RESULT_FILE = "result.json"
@@ -62,6 +63,8 @@ def run_config(spec: StudySpec, run: RunSpec, overrides: dict | None = None) -> 
         _set_dotted(config, key, value)
     trainer = config.setdefault("trainer", {})
     trainer["default_root_dir"] = folder
+    if spec.logger is not None:
+        trainer["logger"] = tracked_loggers(spec, run)
     logger = trainer.get("logger")
     if isinstance(logger, dict):
         logger.setdefault("init_args", {})["save_dir"] = folder
@@ -72,6 +75,37 @@ def run_config(spec: StudySpec, run: RunSpec, overrides: dict | None = None) -> 
             args["every_n_train_steps"] = trainer.get("val_check_interval", trainer["max_steps"])
     config.setdefault("data", {})["data_dir"] = spec.data.data_dir
     return config
+
+
+def run_tags(run: RunSpec) -> dict[str, str]:
+    """The tags of a study run in a tracker: ``lam``, ``weights`` and ``seed``."""
+    return {
+        "lam": str(run.jreg.get("lam", 0.0)),
+        "weights": str(run.jreg.get("weights", "default")),
+        "seed": str(run.seed),
+    }
+
+
+def tracked_loggers(spec: StudySpec, run: RunSpec) -> list[dict]:
+    """The study's logger overlay for one run: one experiment, this run tagged.
+
+    The experiment (MLflow) or project (W&B) is the study's folder name. Without
+    ``MLFLOW_TRACKING_URI`` every run writes to one sqlite store in the study folder.
+    """
+    overlay = yaml.safe_load(spec.logger.read_text())["trainer"]["logger"]
+    loggers = copy.deepcopy(overlay if isinstance(overlay, list) else [overlay])
+    experiment = spec.output_dir.name
+    for logger in loggers:
+        args = logger.setdefault("init_args", {})
+        if logger["class_path"].endswith("RunMLFlowLogger"):
+            args.update(experiment_name=experiment, tags=run_tags(run))
+            if not os.environ.get("MLFLOW_TRACKING_URI"):
+                study = spec.output_dir.resolve()
+                args.setdefault("tracking_uri", f"sqlite:///{study / MLFLOW_DB}")
+                args.setdefault("artifact_location", str(study / MLFLOW_ARTIFACTS))
+        elif logger["class_path"].endswith("RunWandbLogger"):
+            args.update(project=experiment, group=experiment, tags=run_tags(run))
+    return loggers
 
 
 def read_result(spec: StudySpec, run: RunSpec) -> dict | None:
@@ -91,7 +125,12 @@ def unrecorded_attempts(folder: Path) -> int:
     Each fit writes a new logger version; an attempt is recorded only when its
     fit returns, so a session that ended mid-fit leaves a version without one.
     """
-    versions = [path for path in folder.glob("*/version_*") if path.is_dir()]
+    # TensorBoard's version folders (event files) sit beside the CSV logger's.
+    versions = [
+        path
+        for path in folder.glob("*/version_*")
+        if path.is_dir() and not any(path.glob("events.out.tfevents*"))
+    ]
     return max(0, len(versions) - len(_attempts(folder)))
 
 

@@ -15,6 +15,11 @@ needs, and the runs as small overrides of that config::
       baseline_s1: {seed: 1, lam: 0.0}
       linear_lam10: {lam: 10.0, weights: linear}
 
+An optional ``logger: configs/logger/mlflow.yaml`` (or ``wandb.yaml``,
+``tensorboard.yaml``) sends every run to that tracker: one experiment (W&B
+project) named after the study's folder, one tracker run per study run, tagged
+with ``lam``, ``weights`` and ``seed``.
+
 Every key of a run besides ``seed`` and the JREG keys (``lam``, ``weights``,
 ``last_k``, ``final_state``) is a dotted fit-config key (``model.optim.lr``);
 a top-level ``overrides`` mapping of dotted keys applies to every run (the
@@ -85,6 +90,7 @@ class StudySpec:
     notes: list[str] = field(default_factory=list)
     overrides: dict = field(default_factory=dict)
     readme: Path | None = None
+    logger: Path | None = None
 
     def run(self, name: str) -> RunSpec:
         """The run called ``name``."""
@@ -149,4 +155,23 @@ def load_study(path: str | Path) -> StudySpec:
         notes=[str(note) for note in settings.get("notes") or []],
         overrides=dict(settings.get("overrides") or {}),
         readme=Path(settings["readme"]) if settings.get("readme") else None,
+        logger=_logger_overlay(settings.get("logger"), path),
     )
+
+
+def _logger_overlay(value, path: Path) -> Path | None:
+    """The study's logger overlay, checked to exist and to hold ``trainer.logger``."""
+    if not value:
+        return None
+    overlay = Path(value)
+    if not overlay.is_file():
+        raise InputNotFoundError(
+            f"study: logger {overlay} (named in {path}) does not exist; "
+            "name one of configs/logger/*.yaml"
+        )
+    if not (yaml.safe_load(overlay.read_text()) or {}).get("trainer", {}).get("logger"):
+        raise ConfigError(
+            f"study: logger {overlay} in {path} has no trainer.logger; "
+            "use one of configs/logger/*.yaml"
+        )
+    return overlay
