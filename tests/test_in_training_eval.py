@@ -69,3 +69,36 @@ def test_bad_settings_name_the_field():
     with pytest.raises(ConfigError, match="evaluation.batch_size"):
         HeldOutEvaluation(batch_size=0)
     assert not HeldOutEvaluation(every_n_steps=100).enabled, "nothing named: off"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", [[], ["--config", "configs/strategy/fsdp_cpu.yaml"]],
+                         ids=["one-process", "fsdp2-two-ranks"])  # fmt: skip
+def test_tasks_are_scored_during_training_and_logged(tmp_path, strategy):
+    from tests.corpora import prepare_small, write_corpus
+
+    write_corpus(tmp_path / "docs.jsonl", documents=60)
+    prepare_small(tmp_path / "docs.jsonl", tmp_path / "data", num_workers=1)
+    run = tmp_path / "run"
+    override = tiny_override(run, tmp_path / "data", max_steps=4, val_check_interval=4)
+    task = REPO / "tests" / "data" / "tiny_mc.yaml"
+    done = run_cli(
+        "fit",
+        "--config",
+        str(REPO / "configs/tiny_jreg.yaml"),
+        "--config",
+        str(override),
+        "--model.llama.vocab_size=300",
+        "--evaluation.every_n_steps=2",
+        f"--evaluation.tasks=[{task}]",
+        "--evaluation.task_backend=builtin",
+        "--evaluation.batch_size=4",
+        *strategy,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = run / "logs" / "version_0" / "metrics.csv"
+    acc, acc_norm = (logged_metric(metrics, f"eval/tiny_mc/{k}") for k in ("acc", "acc_norm"))
+    # Two evaluations (after steps 2 and 4); 12 four-way questions: multiples of 1/12.
+    assert len(acc) == len(acc_norm) == 2
+    for value in [*acc.values(), *acc_norm.values()]:
+        assert 0 <= value <= 1 and round(value * 12, 6) == round(value * 12)
