@@ -19,6 +19,7 @@ from jreg_lightning.checkpoints import AtomicCheckpointIO, read_checkpoint_meta
 from jreg_lightning.commands import EXTRA_COMMANDS, run_extra_command
 from jreg_lightning.console import quiet_callbacks, quiet_console
 from jreg_lightning.data.datamodule import STAGE_SPLITS, TokenShardDataModule
+from jreg_lightning.data.mixture import SourceShares
 from jreg_lightning.errors import TRACEBACK_ENV, one_line, reported_error
 from jreg_lightning.evaluation.in_training import HeldOutEvaluation
 from jreg_lightning.module import JregLightningModule
@@ -42,7 +43,7 @@ class JregCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         # validate / test print the per-layer table and write validation_profile.{csv,json}.
         defaults = kwargs["trainer_defaults"] = dict(kwargs.get("trainer_defaults") or {})
-        defaults["callbacks"] = [*defaults.get("callbacks", []), ProfileReport()]
+        defaults["callbacks"] = [*defaults.get("callbacks", []), ProfileReport(), SourceShares()]
         # Parse errors raise (main() prints them as one line) instead of a usage wall.
         parser_kwargs = kwargs.setdefault("parser_kwargs", {})
         parser_kwargs.setdefault("exit_on_error", False)
@@ -146,14 +147,15 @@ class JregCLI(LightningCLI):
             trainer.world_size,
             trainer.accumulate_grad_batches,
         )
-        preflight.check_token_shards(
-            data.data_dir,
-            STAGE_SPLITS[subcommand],
-            data.seq_len,
-            data.batch_size,
-            model.llama_config.vocab_size,
-            data.storage_options,
-        )
+        for folder in [source.data_dir for source in data.sources] or [data.data_dir]:
+            preflight.check_token_shards(
+                folder,
+                STAGE_SPLITS[subcommand],
+                data.seq_len,
+                data.batch_size,
+                model.llama_config.vocab_size,
+                data.storage_options,
+            )
         folders = [
             str(cb.dirpath)
             for cb in trainer.callbacks

@@ -47,9 +47,17 @@ class LayerProfileMetric(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         """Profile ``(L,)``, J, J_late (NaN below 4 layers) and the 1-based argmax layer."""
-        profile = (self.sums_counts[0] / self.sums_counts[1].clamp_min(1.0)).float()
-        result = {"profile": profile, "jump_layer": jump_layer(profile)}
-        nan = torch.tensor(float("nan"), device=profile.device)
-        result["jump_strength"] = jump_strength(profile) if self.num_layers >= 3 else nan
-        result["jump_strength_late"] = jump_strength_late(profile) if self.num_layers >= 4 else nan
-        return result
+        return profile_summary((self.sums_counts[0] / self.sums_counts[1].clamp_min(1.0)).float())
+
+
+def profile_summary(profile: Tensor) -> dict[str, Tensor]:
+    """``{"profile", "jump_strength", "jump_strength_late", "jump_layer"}`` of a ``(L,)`` profile.
+
+    J is NaN below 3 layers and J_late below 4.
+    """
+    num_layers = profile.shape[0]
+    result = {"profile": profile, "jump_layer": jump_layer(profile)}
+    nan = torch.tensor(float("nan"), device=profile.device)
+    result["jump_strength"] = jump_strength(profile) if num_layers >= 3 else nan
+    result["jump_strength_late"] = jump_strength_late(profile) if num_layers >= 4 else nan
+    return result

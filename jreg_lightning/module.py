@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import asdict
+from typing import NamedTuple
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
 # Internal module of transformers (checked against 5.24.0): it installs, on the first
@@ -34,7 +35,7 @@ from jreg_lightning.losses import (
     perplexity,
     token_cross_entropy,
 )
-from jreg_lightning.metrics import LayerProfileMetric
+from jreg_lightning.metrics import LayerProfileMetric, profile_summary
 from jreg_lightning.model_config import LlamaModelConfig, build_llama
 from jreg_lightning.nonfinite import NonFiniteGuard, NonFiniteMode
 from jreg_lightning.optim import OptimConfig, build_optimizer
@@ -118,6 +119,9 @@ class JregLightningModule(L.LightningModule):
         # Early-exit (logit lens) CE per block: sums and counts in one (2, L) state.
         self.val_early_exit = LayerProfileMetric(num_layers)
         self.val_loss = MeanMetric()
+        # With data.sources: one SplitMetrics per source, made in setup().
+        self.val_sources: nn.ModuleDict | None = None
+        self.source_weights: dict[str, float] = {}
         self.model = None
         # The training loss as one torch.compile graph (compile_scope "loss"), else None.
         self._compiled_losses = None
@@ -131,10 +135,17 @@ class JregLightningModule(L.LightningModule):
 
     # ----------------------------------------------------------------- model
     def setup(self, stage: str) -> None:
-        """With ``init_from``: refuse data prepared with another tokenizer than the folder's."""
+        """Metrics per source of a data mixture; with ``init_from``, the data's tokenizer check."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         if self.init_from and stage == "fit" and getattr(datamodule, "data_dir", None):
             check_data_tokenizer(self.init_from, datamodule.data_dir)
+        weights = getattr(datamodule, "source_weights", None)
+        if weights and self.val_sources is None:
+            # One loss and profile per source (its val loader's index = its position).
+            self.source_weights = weights
+            self.val_sources = nn.ModuleDict(
+                {name: SplitMetrics(self.llama_config.num_layers) for name in weights}
+            )
 
     def configure_model(self) -> None:
         """Build the Llama once: meta -> wrap/shard -> materialise -> init (or load).
@@ -282,22 +293,29 @@ class JregLightningModule(L.LightningModule):
         return metrics
 
     # ------------------------------------------------------------ evaluation
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+    def validation_step(self, batch: Tensor, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Accumulate token-weighted CE and the per-layer Psi sums over the split.
 
+        With a data mixture, each source's split (``dataloader_idx``) on its own.
         In ``validate`` / ``test`` (not during ``fit``, to keep it cheap) also the
         early-exit loss of every block: the final norm and LM head applied to h_l.
         """
         inputs, targets = next_token_split(batch)
         logits, states = self.forward_with_states(inputs)
         ce = token_cross_entropy(logits, targets)
-        self.val_loss.update(ce, weight=targets.numel())
-        self.val_profile.update(*layer_sums_and_counts(states))
+        split = self._split_metrics(dataloader_idx)
+        split.loss.update(ce, weight=targets.numel())
+        split.profile.update(*layer_sums_and_counts(states))
         if self._measures_early_exit():
             self.val_early_exit.update(
                 self._early_exit_sums(states, ce.detach() * targets.numel(), targets),
                 ce.new_full((), float(targets.numel())),
             )
+
+    def _split_metrics(self, dataloader_idx: int) -> SplitMetrics | _SingleSplit:
+        if self.val_sources is None:
+            return _SingleSplit(self.val_loss, self.val_profile)
+        return self.val_sources[list(self.val_sources)[dataloader_idx]]
 
     def _measures_early_exit(self) -> bool:
         return self._trainer is not None and self.trainer.state.fn in ("validate", "test")
@@ -319,8 +337,24 @@ class JregLightningModule(L.LightningModule):
         ``jreg_lightning.profile_report.ProfileReport`` (a callback ``cli.py`` adds)
         prints them as a table after ``validate`` / ``test`` and writes them to the run.
         """
-        loss = self.val_loss.compute()
-        profile = self.val_profile.compute()
+        metrics, sources = {}, {}
+        if self.val_sources is None:
+            loss, profile = self.val_loss.compute(), self.val_profile.compute()
+        else:
+            # The total is the sources' weighted mean, as the training mixture weighs them.
+            loss, mean_profile = 0.0, 0.0
+            for name, split in self.val_sources.items():
+                source_loss, source_profile = split.loss.compute(), split.profile.compute()
+                split.loss.reset()
+                split.profile.reset()
+                weight = self.source_weights[name]
+                loss = loss + weight * source_loss
+                mean_profile = mean_profile + weight * source_profile["profile"]
+                sources[name] = _validation_summary(source_loss, source_profile)
+                metrics[f"val/{name}/loss"] = source_loss
+                metrics[f"val/{name}/ppl"] = sources[name]["ppl"]
+                metrics.update(self._profile_metrics(f"val/{name}", source_profile))
+            profile = profile_summary(mean_profile)
         early_exit = None
         if self.val_early_exit.update_count > 0:
             early_exit = [float(v) for v in self.val_early_exit.compute()["profile"]]
@@ -328,22 +362,19 @@ class JregLightningModule(L.LightningModule):
         self.val_profile.reset()
         self.val_early_exit.reset()
         self.last_validation = {
-            "loss": float(loss),
-            "ppl": perplexity(loss),
-            "profile": [float(v) for v in profile["profile"]],
-            "jump_strength": float(profile["jump_strength"]),
-            "jump_strength_late": float(profile["jump_strength_late"]),
-            "jump_layer": int(profile["jump_layer"]),
+            **_validation_summary(loss, profile),
             "final_state": self.jreg_config.final_state,
             "early_exit_loss": early_exit,
         }
-        metrics = {"val/loss": loss, "val/ppl": self.last_validation["ppl"]}
+        if sources:
+            self.last_validation["sources"] = sources
+        metrics.update({"val/loss": loss, "val/ppl": self.last_validation["ppl"]})
         metrics.update(self._profile_metrics("val", profile))
         self.log_dict(metrics, sync_dist=False)
 
-    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+    def test_step(self, batch: Tensor, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Same measurements as validation."""
-        self.validation_step(batch, batch_idx)
+        self.validation_step(batch, batch_idx, dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
         """Same report as validation."""
@@ -432,3 +463,29 @@ class JregLightningModule(L.LightningModule):
 
         root = self.trainer.strategy.model if self._trainer is not None else None
         return root if isinstance(root, FullyShardedDataParallel) else None
+
+
+class SplitMetrics(nn.Module):
+    """Token-weighted loss and layer profile of one validation split (one mixture source)."""
+
+    def __init__(self, num_layers: int) -> None:
+        super().__init__()
+        self.loss = MeanMetric()
+        self.profile = LayerProfileMetric(num_layers)
+
+
+class _SingleSplit(NamedTuple):
+    loss: MeanMetric
+    profile: LayerProfileMetric
+
+
+def _validation_summary(loss: Tensor | float, profile: dict[str, Tensor]) -> dict:
+    """The plain numbers of one validation: loss, perplexity, profile, J, J_late, argmax."""
+    return {
+        "loss": float(loss),
+        "ppl": perplexity(torch.as_tensor(loss)),
+        "profile": [float(v) for v in profile["profile"]],
+        "jump_strength": float(profile["jump_strength"]),
+        "jump_strength_late": float(profile["jump_strength_late"]),
+        "jump_layer": int(profile["jump_layer"]),
+    }

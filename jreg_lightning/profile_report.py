@@ -62,6 +62,20 @@ def format_profile_table(report: dict) -> str:
         f"argmax layer = {report['jump_layer']}"
     )
     lines.append(f"val loss = {report['loss']:.4f}   ppl = {report['ppl']:.2f}")
+    sources = report.get("sources") or {}
+    if sources:
+        lines.append("per source (the total above is their weighted mean):")
+        lines.append(
+            "source            loss       ppl        J   J_late  argmax  "
+            + "  ".join(f"Psi_{i}" for i in range(1, len(profile) + 1))
+        )
+        for name, source in sources.items():
+            psi = "  ".join(f"{v:.4f}" for v in source["profile"])
+            lines.append(
+                f"{name:<14} {source['loss']:7.4f} {source['ppl']:9.2f} "
+                f"{source['jump_strength']:8.3f} {source['jump_strength_late']:8.3f} "
+                f"{source['jump_layer']:7d}  {psi}"
+            )
     return "\n".join(lines)
 
 

@@ -59,7 +59,7 @@ def analyze(
     max_batches: int = 8,
     early_exit: bool = True,
     skip_blocks: bool = True,
-    stage: Literal["val", "train"] = "val",
+    stage: str = "val",
     device: str = "cpu",
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     out_dir: str = "runs/analysis",
@@ -100,7 +100,8 @@ def analyze(
         max_batches: batches read per model.
         early_exit: compute the logit-lens loss of every block.
         skip_blocks: compute the loss increase when each block is skipped (L extra forwards).
-        stage: for run directories read from logs: val or train metrics.
+        stage: for run directories read from logs: ``val``, ``train``, or
+            ``val/<source>`` (one source of a ``data.sources`` mixture).
         device: torch device to run on, e.g. cpu or cuda.
         dtype: float32, bfloat16 or float16 for the weights (Psi is float32 anyway).
         out_dir: output folder (created; files in it are overwritten).
@@ -124,8 +125,8 @@ def analyze(
     ):
         if value < 1:
             raise ConfigError(f"analyze: --{name} must be >= 1, got {value}")
-    if stage not in ("val", "train"):
-        raise ConfigError(f"analyze: --stage must be val or train, got {stage!r}")
+    if stage not in ("val", "train") and not stage.startswith("val/"):
+        raise ConfigError(f"analyze: --stage must be val, train or val/<source>, got {stage!r}")
     if documents is not None and (data is not None or text is not None):
         raise ConfigError(
             "analyze: --documents reads its own file; pass it without --data and --text"

@@ -15,7 +15,8 @@ from pathlib import Path
 from jreg_lightning.analysis.loading import metrics_files
 from jreg_lightning.errors import ConfigError, InputNotFoundError
 
-_LAYER_COLUMN = re.compile(r"^(?P<stage>\w+)/psi/layer_(?P<layer>\d+)$")
+# ``val``, ``train``, or ``val/<source>`` of a data mixture.
+_LAYER_COLUMN = re.compile(r"^(?P<stage>\w+(?:/[\w.-]+)?)/psi/layer_(?P<layer>\d+)$")
 
 
 def _number(text: str | None) -> float:
@@ -25,7 +26,7 @@ def _number(text: str | None) -> float:
 
 
 def read_logged_series(run_dir: str | Path, stage: str = "val") -> dict:
-    """The logged profile of ``stage`` (``train`` or ``val``) at every step it was logged.
+    """The logged profile of ``stage`` (``train``, ``val``, ``val/<source>``) at every logged step.
 
     All ``metrics.csv`` files under ``run_dir`` are read (a resumed run writes a
     new logger version); a step logged twice keeps its last row.
@@ -42,7 +43,7 @@ def read_logged_series(run_dir: str | Path, stage: str = "val") -> dict:
             f"analyze: no metrics.csv under {run_dir}; pass the run's directory "
             "(trainer.default_root_dir) of a run logged with CSVLogger"
         )
-    loss_column = "val/loss" if stage == "val" else "train/ce"
+    loss_column = "train/ce" if stage == "train" else f"{stage}/loss"
     by_step: dict[int, dict] = {}
     layer_columns: dict[int, str] = {}
     for path in files:

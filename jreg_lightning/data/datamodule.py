@@ -11,6 +11,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
 
+from jreg_lightning.data.mixture import (
+    DataSource,
+    WeightedMixture,
+    check_sources,
+    normalised_weights,
+)
 from jreg_lightning.data.shard_meta import chunk_tokens, read_index, read_meta, usable_tokens
 from jreg_lightning.data.storage import as_location, check_url, is_remote, join
 from jreg_lightning.errors import ConfigError
@@ -93,6 +99,10 @@ class TokenShardDataModule(L.LightningDataModule):
             chunks it has served, e.g. ``"100GB"`` (litdata's default).
         storage_options: extra arguments of the object-store client (boto3's ``client``
             for ``s3://``); endpoint and credentials come from the AWS environment.
+        sources: a weighted mixture of prepared datasets (``{name, data_dir, weight}``
+            each) that replaces ``data_dir``: each training batch comes from one source,
+            drawn by weight (``jreg_lightning.data.mixture``); each source's ``val/``
+            split is validated on its own and logged under its name.
     """
 
     def __init__(
@@ -106,11 +116,15 @@ class TokenShardDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         max_cache_size: str = "100GB",
         storage_options: dict | None = None,
+        sources: list[DataSource] | None = None,
     ) -> None:
         super().__init__()
-        self.data_dir = as_location(data_dir)
-        if is_remote(self.data_dir):
-            check_url(str(self.data_dir), "data.data_dir")
+        self.sources = [s if isinstance(s, DataSource) else DataSource(**s) for s in sources or []]
+        # With sources, the first one stands in wherever one folder is read (its meta.json).
+        self.data_dir = as_location(self.sources[0].data_dir if self.sources else data_dir)
+        for location in [s.data_dir for s in self.sources] or [self.data_dir]:
+            if is_remote(location):
+                check_url(str(location), "data.data_dir")
         self.cache_dir = cache_dir
         self.max_cache_size = max_cache_size
         self.storage_options = storage_options
@@ -139,17 +153,37 @@ class TokenShardDataModule(L.LightningDataModule):
                 f"seq_len={packed_for}: each chunk drops up to {self.seq_len} tokens (see the "
                 "accounting below); re-run prepare with --seq_len to match"
             )
+        if self.sources:
+            check_sources(self.sources, self.storage_options)
         block = self.seq_len + 1
-        for split in STAGE_SPLITS.get(stage, ("train", "val")):
-            per_chunk = chunk_tokens(read_index(join(self.data_dir, split), self.storage_options))
-            total, usable = sum(per_chunk), usable_tokens(per_chunk, block)
-            self.accounting[split] = {"tokens": total, "usable_tokens": usable}
-            lost = total - usable
-            rank_zero_info(
-                f"data: {split}: {total:,} tokens in shards, {usable:,} usable as "
-                f"{usable // block:,} blocks of seq_len+1={block} "
-                f"({lost:,} = {100 * lost / max(total, 1):.2f}% dropped at chunk ends)"
-            )
+        for name, folder in self._folders().items():
+            label = f"{name}/" if self.sources else ""
+            for split in STAGE_SPLITS.get(stage, ("train", "val")):
+                per_chunk = chunk_tokens(read_index(join(folder, split), self.storage_options))
+                total, usable = sum(per_chunk), usable_tokens(per_chunk, block)
+                self.accounting[f"{label}{split}"] = {"tokens": total, "usable_tokens": usable}
+                lost = total - usable
+                rank_zero_info(
+                    f"data: {label}{split}: {total:,} tokens in shards, {usable:,} usable as "
+                    f"{usable // block:,} blocks of seq_len+1={block} "
+                    f"({lost:,} = {100 * lost / max(total, 1):.2f}% dropped at chunk ends)"
+                )
+
+    def _folders(self) -> dict[str, str | Path]:
+        """``{source name: folder}``; one unnamed entry without ``sources``."""
+        if self.sources:
+            return {source.name: as_location(source.data_dir) for source in self.sources}
+        return {"": self.data_dir}
+
+    @property
+    def source_names(self) -> list[str] | None:
+        """The mixture's source names (the order of the validation loaders), or None."""
+        return [source.name for source in self.sources] or None
+
+    @property
+    def source_weights(self) -> dict[str, float] | None:
+        """``{name: normalised weight}`` of the mixture, or None."""
+        return normalised_weights(self.sources) if self.sources else None
 
     def _record_epoch(self, split: str, dataset: StreamingDataset) -> None:
         """Tokens one epoch yields over all ranks (each rank drops its partial last batch)."""
@@ -173,10 +207,10 @@ class TokenShardDataModule(L.LightningDataModule):
         return batch
 
     # ------------------------------------------------------------- loaders
-    def _dataset(self, split: str, shuffle: bool) -> StreamingDataset:
-        cache = str(Path(self.cache_dir, split)) if self.cache_dir else None
+    def _dataset(self, split: str, shuffle: bool, name: str = "") -> StreamingDataset:
+        cache = str(Path(self.cache_dir, name, split)) if self.cache_dir else None
         return StreamingDataset(
-            input_dir=str(join(self.data_dir, split)),
+            input_dir=str(join(self._folders()[name], split)),
             cache_dir=cache,
             max_cache_size=self.max_cache_size,
             storage_options=self.storage_options,
@@ -191,25 +225,40 @@ class TokenShardDataModule(L.LightningDataModule):
         ranks = getattr(self.trainer, "num_devices", 1) if self.trainer is not None else 1
         return loader_workers(self.num_workers, ranks)
 
-    def _loader(self, split: str, shuffle: bool) -> StreamingDataLoader:
+    def _loader(self, split: str, shuffle: bool, name: str = "") -> StreamingDataLoader:
         return ResumableTokenLoader(
-            self._dataset(split, shuffle),
+            self._dataset(split, shuffle, name),
             batch_size=self.batch_size,
             num_workers=self.workers_per_rank(),
             pin_memory=torch.cuda.is_available(),
             drop_last=True,
         )
 
-    def train_dataloader(self) -> StreamingDataLoader:
-        """Shuffled training blocks, resumable mid-epoch through the Trainer's loop state."""
-        loader = self._loader("train", self.shuffle)
-        self._record_epoch("train", loader.dataset)
-        return loader
+    def train_dataloader(self) -> StreamingDataLoader | WeightedMixture:
+        """Shuffled training blocks, resumable mid-epoch through the Trainer's loop state.
 
-    def val_dataloader(self) -> StreamingDataLoader:
-        """Validation blocks in a fixed order."""
-        return self._loader("val", False)
+        With ``sources``: a ``WeightedMixture`` of one loader per source (no epochs:
+        a source that runs out starts again; ``trainer.max_steps`` ends the run).
+        """
+        if not self.sources:
+            loader = self._loader("train", self.shuffle)
+            self._record_epoch("train", loader.dataset)
+            return loader
+        loaders = {}
+        for name in self._folders():
+            loaders[name] = self._loader("train", self.shuffle, name)
+            self._record_epoch(f"{name}/train", loaders[name].dataset)
+        tokens = self.batch_size * (self.seq_len + 1)
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        weights = normalised_weights(self.sources)
+        return WeightedMixture(loaders, weights, self.seed, tokens, rank)
 
-    def test_dataloader(self) -> StreamingDataLoader:
-        """The validation split, for ``cli.py test``."""
-        return self._loader("val", False)
+    def val_dataloader(self) -> StreamingDataLoader | list[StreamingDataLoader]:
+        """Validation blocks in a fixed order; with ``sources``, one loader per source."""
+        if not self.sources:
+            return self._loader("val", False)
+        return [self._loader("val", False, name) for name in self._folders()]
+
+    def test_dataloader(self) -> StreamingDataLoader | list[StreamingDataLoader]:
+        """The validation split(s), for ``cli.py test``."""
+        return self.val_dataloader()
