@@ -174,3 +174,21 @@ def test_the_validate_table_shows_every_source():
     table = format_profile_table(report)
     assert "per source" in table
     assert sum(line.startswith(("web ", "code ")) for line in table.splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_a_mixture_trains_and_validates_on_two_ddp_ranks(sources, tmp_path):
+    from tests.cli_run import run_cli
+
+    config = _config(tmp_path / "a.yaml", tmp_path / "a", sources, {"big": 1.0, "small": 1.0}, 4)
+    done = run_cli(
+        "fit",
+        "--config", "configs/tiny_jreg.yaml", "--config", str(config),
+        "--config", "configs/strategy/ddp_cpu.yaml", "--trainer.val_check_interval=4",
+        "--data.batch_size=2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = list(csv.DictReader(next((tmp_path / "a" / "logs").rglob("metrics.csv")).open()))
+    (val,) = [row for row in rows if row.get("val/loss")]
+    big, small = float(val["val/big/loss"]), float(val["val/small/loss"])
+    assert float(val["val/loss"]) == pytest.approx((big + small) / 2, rel=1e-5)
