@@ -24,10 +24,11 @@ from jreg_lightning.analysis.run_logs import read_logged_series
 from jreg_lightning.data.shard_meta import read_meta
 from jreg_lightning.errors import ConfigError, JregError
 from jreg_lightning.study.runner import run_dir, unrecorded_attempts
+from jreg_lightning.study.seeds import group_of, known, noise, seed_groups, seed_stats
 from jreg_lightning.study.spec import StudySpec
 
 SERIES_KEYS = ("steps", "jump_strength", "loss")
-# A baseline "has the jump" when J exceeds this on every seed.
+# A seed "has the jump" when J exceeds this, or J_late does with the largest turn at block L-1.
 JUMP_THRESHOLD = 2.0
 METRICS = (
     "loss",
@@ -64,20 +65,23 @@ def run_metrics(final: dict) -> dict[str, float]:
         "early_exit_middle": float(early[middle_block - 1]) if early else math.nan,
         "spread_std": statistics.pstdev(body),
         "spread_max_over_mean": max(body) / mean_body if mean_body > 0 else math.nan,
+        "blocks": len(profile),
     }
 
 
-def _baseline_stats(metrics: dict[str, dict], names: list[str]) -> dict[str, dict]:
-    """Mean and half-range (the seed spread) of each metric over the baseline seeds."""
-    stats = {}
-    for key in METRICS:
-        values = [metrics[name][key] for name in names]
-        stats[key] = {
-            "mean": sum(values) / len(values),
-            "spread": (max(values) - min(values)) / 2,
-            "values": values,
-        }
-    return stats
+def jump_place(m: dict) -> str | None:
+    """Where a run's jump is: ``"the last block"`` (J above the threshold), ``"block L-1"``
+    (J_late above it with the largest turn at block L-1), or ``None`` (no jump)."""
+    if m["J"] > JUMP_THRESHOLD:
+        return "the last block"
+    if m["J_late"] > JUMP_THRESHOLD and m["argmax"] == m["blocks"] - 1:
+        return "block L-1"
+    return None
+
+
+def _spread(value: float, spec: str) -> str:
+    """A seed spread as text: ``unknown`` below two seeds."""
+    return format(value, spec) if known(value) else "unknown"
 
 
 def _relative(value: float, reference: float) -> float:
@@ -90,19 +94,46 @@ def _still_learning(series: dict) -> bool:
     return len(losses) >= 2 and losses[-1] < losses[-2]
 
 
+def setting_stats(spec: StudySpec, metrics: dict) -> dict[str, dict]:
+    """Each JREG setting (its first run's name) -> ``runs`` (its finished seeds) and ``stats``."""
+    return {
+        name: {"runs": members, "stats": seed_stats(metrics, members, METRICS)}
+        for name, members in seed_groups(spec, list(metrics)).items()
+    }
+
+
+def judge(stats: dict, setting: dict) -> dict:
+    """A setting's J and loss against the baselines', and whether each beats the seed noise.
+
+    ``setting``: an entry of ``setting_stats``. The noise is the baselines' spread, plus
+    the setting's own when it has several seeds; when it is unknown (one baseline seed)
+    nothing is ``clear`` or ``cheap``.
+    """
+    own = setting["stats"]
+    pooled = len(setting["runs"]) >= 2
+    base_j = stats["J"]["mean"]
+    change = _relative(own["J"]["mean"], base_j)
+    j_noise = noise(stats["J"], own["J"] if pooled else None) / base_j if base_j else math.nan
+    loss_delta = own["loss"]["mean"] - stats["loss"]["mean"]
+    loss_noise = noise(stats["loss"], own["loss"] if pooled else None)
+    return {
+        "J_relative": change,
+        "J_noise": j_noise,
+        "clear": known(j_noise) and abs(change) > j_noise,
+        "loss": loss_delta,
+        "loss_noise": loss_noise,
+        "cheap": known(loss_noise) and loss_delta <= loss_noise,
+    }
+
+
 def _clear_and_cheap(spec: StudySpec, metrics: dict, stats: dict) -> list[tuple[float, str]]:
-    """``(relative J change, run)`` of the JREG runs that lower J beyond the baselines' seed
-    spread at a validation-loss cost within it."""
-    base_j = stats["J"]
-    j_spread = base_j["spread"] / base_j["mean"] if base_j["mean"] else math.nan
+    """``(relative J change, setting)`` of the JREG settings that lower J beyond the seed
+    noise at a validation-loss cost within it."""
     found = []
-    for run in spec.runs:
-        if run.is_baseline or run.name not in metrics:
-            continue
-        change = _relative(metrics[run.name]["J"], base_j["mean"])
-        loss_delta = metrics[run.name]["loss"] - stats["loss"]["mean"]
-        if change < 0 and abs(change) > j_spread and loss_delta <= stats["loss"]["spread"]:
-            found.append((change, run.name))
+    for name, setting in setting_stats(spec, metrics).items():
+        verdict = judge(stats, setting)
+        if verdict["J_relative"] < 0 and verdict["clear"] and verdict["cheap"]:
+            found.append((verdict["J_relative"], name))
     return sorted(found)
 
 
@@ -126,82 +157,140 @@ def verdict(
     spec: StudySpec, metrics: dict[str, dict], stats: dict, learning: dict, best: str | None
 ) -> list[str]:
     """Plain sentences, each from a rule over the numbers (no number typed by hand)."""
-    lines = []
-    base_j = stats["J"]
-    seeds_with_jump = sum(metrics[name]["J"] > JUMP_THRESHOLD for name in spec.baselines)
-    if seeds_with_jump == len(spec.baselines):
-        shows = "shows the jump"
-    elif seeds_with_jump:
-        shows = f"shows the jump on {seeds_with_jump} of {len(spec.baselines)} seeds"
-    else:
-        shows = "does not show the jump"
-    learning_all = all(learning.get(name, False) for name in spec.baselines)
-    j_values = ", ".join(f"{v:.2f}" for v in base_j["values"])
-    lines.append(
-        f"The baseline {shows}: J = {j_values} on "
-        f"{len(spec.baselines)} seed(s) (threshold {JUMP_THRESHOLD:g}), and its validation loss "
-        f"{'was still falling' if learning_all else 'had stopped falling'} at the last validation."
-    )
-    loss_spread = stats["loss"]["spread"]
-    j_spread = base_j["spread"] / base_j["mean"] if base_j["mean"] else math.nan
-    for run in spec.runs:
-        if run.is_baseline or run.name not in metrics:
-            continue
-        m = metrics[run.name]
-        change = _relative(m["J"], base_j["mean"])
-        loss_delta = m["loss"] - stats["loss"]["mean"]
-        clear = abs(change) > j_spread
-        cheap = loss_delta <= loss_spread
-        pre_norm = run.jreg.get("final_state") == "pre_norm"
-        lines.append(
-            f"`{run.name}`: J {change:+.0%} against the baseline mean (seed spread "
-            f"±{j_spread:.0%}: {'a clear change' if clear else 'within the seed noise'}), "
-            f"validation loss {loss_delta:+.4f} (seed spread ±{loss_spread:.4f}: "
-            f"{'no cost beyond the noise' if cheap else 'a cost beyond the noise'})"
-            + (
-                "; its Psi_L and J are measured on the pre-norm final state, the baselines' "
-                "on the post-norm one, so they compare only roughly."
-                if pre_norm
-                else "."
-            )
-        )
+    baselines = [name for name in spec.baselines if name in metrics]
+    lines = [_baseline_sentence(baselines, metrics, learning)]
+    settings = setting_stats(spec, metrics)
+    for name, setting in settings.items():
+        pre_norm = spec.run(name).jreg.get("final_state") == "pre_norm"
+        lines.append(_setting_sentence(name, setting, stats, pre_norm))
     within = _clear_and_cheap(spec, metrics, stats)
     if within:
         change, name = within[0]
         lines.append(
-            f"Largest clear reduction of J at no loss cost beyond the seed spread: `{name}` "
+            f"Largest clear reduction of J at no loss cost beyond the seed noise: `{name}` "
             f"({change:+.0%})."
+        )
+    elif not known(stats["J"]["spread"]):
+        lines.append(
+            f"The baselines' seed spread is unknown ({len(baselines)} seed): no JREG run's "
+            "change is called clear or free of cost; train more baseline seeds."
         )
     else:
         lines.append(
-            "No JREG run lowered J beyond the seed spread at a loss cost within the seed spread."
+            "No JREG run lowered J beyond the seed noise at a loss cost within the seed noise."
         )
     for run in spec.runs:
         if run.jreg.get("weights") == "final" and run.name in metrics:
             lines.append(_final_scheme_sentence(run.name, metrics[run.name], stats))
     if best is not None:
-        m = metrics[best]
-        delta = m["early_exit_middle"] - stats["early_exit_middle"]["mean"]
-        spread = stats["early_exit_middle"]["spread"]
-        lines.append(
-            f"Early exit at the middle block, `{best}` against the baseline: "
-            f"{delta:+.3f} nats (seed spread ±{spread:.3f}); "
-            + (
-                "the middle layers carry more of the prediction."
-                if delta < -spread
-                else "no clear sign that the middle layers contribute more."
-                if delta <= spread
-                else "the middle layers carry less of the prediction."
-            )
-        )
+        lines.append(_early_exit_sentence(best, settings, metrics, stats))
     return lines
 
 
+def _baseline_sentence(names: list[str], metrics: dict, learning: dict) -> str:
+    """Does the baseline jump, on how many seeds, and where (last block or block L-1)?"""
+    places = {name: jump_place(metrics[name]) for name in names}
+    count = sum(place is not None for place in places.values())
+    near = [name for name in names if places[name] == "block L-1"]
+    if count == len(names):
+        shows = "shows the jump"
+    elif count:
+        shows = f"shows the jump on {count} of {len(names)} seeds"
+    else:
+        shows = "does not show the jump"
+    if near and len(near) == count:
+        shows += " near the final layer"
+    j_values = ", ".join(f"{metrics[name]['J']:.2f}" for name in names)
+    text = f"The baseline {shows}: J = {j_values}"
+    if near:
+        turns = "; ".join(
+            (f"`{name}` " if len(names) > 1 else "")
+            + f"J_late {metrics[name]['J_late']:.2f} with the largest turn at block "
+            f"{metrics[name]['argmax']} of {metrics[name]['blocks']}"
+            for name in near
+        )
+        text += f", and block L-1 stands out ({turns}: the jump near the final layer)"
+    learning_all = all(learning.get(name, False) for name in names)
+    return (
+        f"{text} on {len(names)} seed(s) (a jump: J above {JUMP_THRESHOLD:g}, or J_late above "
+        f"{JUMP_THRESHOLD:g} with the largest turn at block L-1), and its validation loss "
+        f"{'was still falling' if learning_all else 'had stopped falling'} at the last validation."
+    )
+
+
+def _setting_sentence(name: str, setting: dict, stats: dict, pre_norm: bool) -> str:
+    """One JREG setting (one run, or its seeds pooled) against the baselines."""
+    runs = setting["runs"]
+    pooled = len(runs) >= 2
+    result = judge(stats, setting)
+    own = setting["stats"]
+    if pooled:
+        head = (
+            f"`{name}` over {len(runs)} seeds ({', '.join(f'`{r}`' for r in runs)}): "
+            f"J {own['J']['mean']:.2f} ± {own['J']['spread']:.2f}, "
+        )
+        noise_name = "seed noise of both"
+    else:
+        head = f"`{name}`: J "
+        noise_name = "seed spread"
+    if known(result["J_noise"]):
+        j_text = f"{noise_name} ±{result['J_noise']:.0%}: " + (
+            "a clear change" if result["clear"] else "within the seed noise"
+        )
+        loss_text = f"{noise_name} ±{result['loss_noise']:.4f}: " + (
+            "no cost beyond the noise" if result["cheap"] else "a cost beyond the noise"
+        )
+    else:
+        j_text = "seed spread unknown with one baseline seed: not called clear"
+        loss_text = "seed spread unknown: not called free of cost"
+    return (
+        f"{head}{result['J_relative']:+.0%} against the baseline mean ({j_text}), "
+        f"validation loss {result['loss']:+.4f} ({loss_text})"
+        + (
+            "; its Psi_L and J are measured on the pre-norm final state, the baselines' "
+            "on the post-norm one, so they compare only roughly."
+            if pre_norm
+            else "."
+        )
+    )
+
+
+def _early_exit_sentence(best: str, settings: dict, metrics: dict, stats: dict) -> str:
+    """Do the middle blocks carry more of the prediction in the best setting?"""
+    group = group_of({name: s["runs"] for name, s in settings.items()}, best)
+    setting = settings.get(group) if group else None
+    if setting is not None and len(setting["runs"]) >= 2:
+        own = setting["stats"]["early_exit_middle"]
+        who = f"`{group}` over {len(setting['runs'])} seeds"
+    else:
+        own = {"mean": metrics[best]["early_exit_middle"], "spread": math.nan}
+        who = f"`{best}`"
+    base = stats["early_exit_middle"]
+    delta = own["mean"] - base["mean"]
+    spread = noise(base, own)
+    head = (
+        f"Early exit at the middle block, {who} against the baseline: {delta:+.3f} nats "
+        f"(seed noise ±{_spread(spread, '.3f')}); "
+    )
+    if not known(spread):
+        return head + "no clear sign either way (the baselines' seed spread is unknown)."
+    if delta < -spread:
+        return head + "the middle layers carry more of the prediction."
+    if delta <= spread:
+        return head + "no clear sign that the middle layers contribute more."
+    return head + "the middle layers carry less of the prediction."
+
+
 def _compared(value: float, stat: dict) -> str:
-    """``more than`` / ``less than`` / ``as much as`` the baselines, beyond their seed spread."""
-    if value - stat["mean"] > stat["spread"]:
+    """``more than`` / ``less than`` / ``as much as`` the baselines, beyond their seed spread.
+
+    With an unknown spread (one baseline seed) only the direction is said; the
+    sentence prints the spread as ``unknown`` beside it.
+    """
+    spread = stat["spread"] if known(stat["spread"]) else 0.0
+    if value - stat["mean"] > spread:
         return "more than"
-    if stat["mean"] - value > stat["spread"]:
+    if stat["mean"] - value > spread:
         return "less than"
     return "as much as"
 
@@ -222,9 +311,10 @@ def _final_scheme_sentence(name: str, m: dict, stats: dict) -> str:
     head = (
         f"`{name}` (final block only): J {_relative(m['J'], stats['J']['mean']):+.0%}; "
         f"block L-1 turns {_compared(m['psi_L1'], psi)} in the baselines (Psi_L-1 "
-        f"{m['psi_L1']:.5f} against {psi['mean']:.5f} ± {psi['spread']:.5f}; the baselines' "
-        f"last block {stats['psi_L']['mean']:.5f}), J_late {m['J_late']:.2f} (baselines "
-        f"{late['mean']:.2f} ± {late['spread']:.2f}), argmax block {m['argmax']}: "
+        f"{m['psi_L1']:.5f} against {psi['mean']:.5f} ± {_spread(psi['spread'], '.5f')}; "
+        f"the baselines' last block {stats['psi_L']['mean']:.5f}), J_late {m['J_late']:.2f} "
+        "(baselines "
+        f"{late['mean']:.2f} ± {_spread(late['spread'], '.2f')}), argmax block {m['argmax']}: "
     )
     if jumps_at_l1:
         return head + (
@@ -267,7 +357,7 @@ def _setup(spec: StudySpec, results: dict[str, dict]) -> dict:
         "steps": any_result["steps"],
         "val_batches": base["trainer"].get("limit_val_batches"),
         "tokens_per_run": any_result["tokens"],
-        "corpus": spec.data.corpus,
+        "corpus": corpus_name(spec, meta),
         "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),
         "val_tokens": meta.get("splits", {}).get("val", {}).get("tokens"),
         "seeds": sorted({r["seed"] for r in results.values()}),
@@ -278,6 +368,16 @@ def _setup(spec: StudySpec, results: dict[str, dict]) -> dict:
         "parallel": spec.parallel,
         "threads_per_run": spec.threads_per_run,
     }
+
+
+def corpus_name(spec: StudySpec, meta: dict) -> str:
+    """The file(s) the study's shards were prepared from, as their ``meta.json`` records.
+
+    The study file's ``corpus_file`` when the shards record no inputs: ``data.corpus``
+    only names the kind of corpus built when that file is missing.
+    """
+    inputs = meta.get("inputs") or [spec.data.corpus_file]
+    return ", ".join(Path(path).name for path in inputs)
 
 
 def fit_times(setup: dict) -> str:
@@ -309,7 +409,8 @@ def write_report(spec: StudySpec, results: dict[str, dict], command: str) -> lis
         )
     order = [run.name for run in spec.runs if run.name in results]
     metrics = {name: run_metrics(results[name]["final"]) for name in order}
-    stats = _baseline_stats(metrics, finished)
+    stats = seed_stats(metrics, finished, METRICS)
+    settings = setting_stats(spec, metrics)
     series = {}
     for name in order:
         try:
@@ -366,6 +467,11 @@ def write_report(spec: StudySpec, results: dict[str, dict], command: str) -> lis
         "baselines": finished,
         "best": best,
         "baseline_stats": stats,
+        "seed_groups": {
+            name: {"runs": s["runs"], "stats": s["stats"], **judge(stats, s)}
+            for name, s in settings.items()
+            if len(s["runs"]) >= 2
+        },
         "runs": {
             name: {
                 "jreg": results[name]["jreg"],
@@ -405,17 +511,28 @@ def readme_summary(spec: StudySpec, summary: dict, metrics: dict, stats: dict) -
         f"CPU study ({model['num_layers']} blocks, d={model['hidden_size']}, "
         f"{setup['tokens_per_run']:,} tokens a run, {len(summary['baselines'])} baseline seeds; "
         f"[docs/results.md](docs/results.md)): baseline J = {base_j['mean']:.2f} "
-        f"± {base_j['spread']:.2f} (a jump is J > {JUMP_THRESHOLD:g}), "
-        f"validation loss {base_loss['mean']:.3f} ± {base_loss['spread']:.3f}.",
+        f"± {_spread(base_j['spread'], '.2f')} (a jump is J > {JUMP_THRESHOLD:g}), "
+        f"validation loss {base_loss['mean']:.3f} ± {_spread(base_loss['spread'], '.3f')}.",
     ]
     best = summary.get("best")
     if best:
-        m = metrics[best]
+        groups = summary.get("seed_groups", {})
+        group = group_of({name: g["runs"] for name, g in groups.items()}, best)
+        if group is not None:  # the chosen setting has several seeds: their mean ± spread
+            own = groups[group]["stats"]
+            who = f"`{group}` ({len(groups[group]['runs'])} seeds)"
+            j = f"{own['J']['mean']:.2f} ± {own['J']['spread']:.2f}"
+            loss = f"{own['loss']['mean']:.3f} ± {own['loss']['spread']:.3f}"
+            values = {key: own[key]["mean"] for key in ("J", "psi_L", "loss")}
+        else:
+            m = metrics[best]
+            who, j, loss = f"`{best}`", f"{m['J']:.2f}", f"{m['loss']:.3f}"
+            values = {key: m[key] for key in ("J", "psi_L", "loss")}
         lines.append(
             f"{'Best JREG run' if spec.best is None else 'Chosen JREG run'} "
-            f"`{best}`: J {m['J']:.2f} ({_relative(m['J'], base_j['mean']):+.0%}), "
-            f"Psi_L {m['psi_L']:.5f} against {stats['psi_L']['mean']:.5f}, validation loss "
-            f"{m['loss']:.3f} ({m['loss'] - base_loss['mean']:+.3f})."
+            f"{who}: J {j} ({_relative(values['J'], base_j['mean']):+.0%}), "
+            f"Psi_L {values['psi_L']:.5f} against {stats['psi_L']['mean']:.5f}, validation loss "
+            f"{loss} ({values['loss'] - base_loss['mean']:+.3f})."
         )
     lines.append(summary["verdict"][0])
     figure = (
@@ -475,6 +592,32 @@ def _unfinished_line(spec: StudySpec, finished: list[str]) -> list[str]:
     ]
 
 
+def _count(tokens: int | None) -> str:
+    """A token count, or ``?`` when the shards' ``meta.json`` is not on this machine."""
+    return "?" if tokens is None else f"{tokens:,}"
+
+
+def _pooled_row(label: str, stats: dict, judged: dict | None) -> str:
+    """A table row of ``mean ± spread`` per metric; the baselines' row (``judged`` None) gives
+    their relative J spread as ΔJ, a setting's row its ΔJ and Δloss with the seed noise."""
+    cells = [label, "", "", ""]
+    cells += [
+        f"{_format(stats[key]['mean'], key)} ± "
+        + (_format(stats[key]["spread"], key) if known(stats[key]["spread"]) else "unknown")
+        for key in METRICS
+    ]
+    if judged is None:
+        j_mean = stats["J"]["mean"]
+        relative = stats["J"]["spread"] / j_mean if j_mean else math.nan
+        cells += [f"±{_spread(relative, '.0%')}", ""]
+    else:
+        cells += [
+            f"{judged['J_relative']:+.0%} ± {_spread(judged['J_noise'], '.0%')}",
+            f"{judged['loss']:+.4f} ± {_spread(judged['loss_noise'], '.4f')}",
+        ]
+    return "| " + " | ".join(cells) + " |"
+
+
 def _nan_safe(value):
     return None if isinstance(value, float) and math.isnan(value) else str(value)
 
@@ -505,8 +648,8 @@ def _markdown(spec, summary, order, metrics, stats, deltas, pictures: Path) -> s
         f"- Model: Llama, {model['num_layers']} blocks, hidden {model['hidden_size']}, "
         f"FFN {model['intermediate_size']}, {model['num_heads']} heads, "
         f"vocab {model['vocab_size']}.",
-        f"- Data: `{setup['corpus']}` ({setup['train_tokens']:,} training / "
-        f"{setup['val_tokens']:,} validation tokens), seq_len {setup['seq_len']}, "
+        f"- Data: `{setup['corpus']}` ({_count(setup['train_tokens'])} training / "
+        f"{_count(setup['val_tokens'])} validation tokens), seq_len {setup['seq_len']}, "
         f"batch {setup['batch_size']}.",
         f"- Training: {setup['steps']} steps = {setup['tokens_per_run']:,} tokens per run; "
         f"AdamW lr {optim.get('lr')} ({optim.get('schedule', 'cosine')} after "
@@ -541,18 +684,20 @@ def _markdown(spec, summary, order, metrics, stats, deltas, pictures: Path) -> s
             f"{d['loss']:+.4f}",
         ]
         out.append("| " + " | ".join(cells) + " |")
-    spread_cells = ["baseline seed spread (±)", "", "", ""]
-    spread_cells += [_format(stats[key]["spread"], key) for key in METRICS]
-    j_mean = stats["J"]["mean"]
-    spread_cells += [f"±{stats['J']['spread'] / j_mean:.0%}" if j_mean else "", ""]
-    out.append("| " + " | ".join(spread_cells) + " |")
+    out.append(_pooled_row(f"baselines, {len(summary['baselines'])} seed(s)", stats, None))
+    for name, group in summary["seed_groups"].items():
+        label = f"`{name}`, {len(group['runs'])} seeds"
+        out.append(_pooled_row(label, group["stats"], group))
     out += [
         "",
         "Columns: J = Psi_L / mean(Psi_2..Psi_{L-1}); J_late = max(Psi_{L-1}, Psi_L) / "
         "mean(Psi_2..Psi_{L-2}); argmax = the block with the largest Psi after block 1; "
         "Psi_L-1 = the turn of the block before the last; mean Psi mid = "
         "mean(Psi_2..Psi_{L-1}); early exit @ mid = logit-lens loss after block L/2; "
-        "std and max/mean of Psi_2..Psi_L; ΔJ and Δloss against the mean of the baseline seeds.",
+        "std and max/mean of Psi_2..Psi_L; ΔJ and Δloss against the mean of the baseline seeds. "
+        "Rows of several seeds: mean ± spread (half the range; unknown for one seed); runs "
+        "are seeds of one setting when only their seed differs. Their ΔJ ± and Δloss ± are "
+        "the seed noise: the baselines' spread plus the setting's.",
         "",
         "## Pictures",
         "",
