@@ -17,7 +17,7 @@ from jreg_lightning.study.report import (
 )
 from jreg_lightning.study.seeds import seed_groups, seed_stats
 from jreg_lightning.study.spec import RunSpec, load_study
-from tests.studies import tiny_study
+from tests.studies import REPO, tiny_study
 
 
 def _metrics(j: float, loss: float = 4.0, j_late: float | None = None, argmax: int = 12) -> dict:
@@ -153,3 +153,22 @@ def test_the_corpus_is_named_from_the_data_the_study_used(tmp_path):
     spec = load_study(tiny_study(tmp_path))  # data.corpus: docstrings, corpus_file corpus.jsonl
     assert corpus_name(spec, {"inputs": ["/data/prose/wiki.jsonl"]}) == "wiki.jsonl"
     assert corpus_name(spec, {}) == "corpus.jsonl"
+
+
+def test_j_vs_step_draws_no_two_runs_alike_and_the_baselines_heavier(tmp_path):
+    from jreg_lightning.analysis.plots import line_styles, plot_jump_over_steps
+
+    spec = load_study(REPO / "configs/study/cpu.yaml")
+    names = [run.name for run in spec.runs]
+    groups = {run: name for name, runs in seed_groups(spec, names).items() for run in runs}
+    styles = line_styles(names, emphasis=spec.baselines, groups=groups)
+    pairs = [(s["color"], s["linestyle"]) for s in styles.values()]
+    assert len(set(pairs)) == len(names) == 15
+    heavy = {name for name, s in styles.items() if s["linewidth"] > 2}
+    assert heavy == set(spec.baselines)
+    assert {styles[name]["color"] for name in spec.baselines} == {"black"}
+    seeds = ["linear_lam30", "linear_lam30_s2", "linear_lam30_s3"]
+    assert len({styles[name]["color"] for name in seeds}) == 1
+    series = {name: ([100, 200], [0.5, 1.0]) for name in names}
+    path = plot_jump_over_steps(series, tmp_path / "j.png", emphasis=spec.baselines, groups=groups)
+    assert path.stat().st_size > 0

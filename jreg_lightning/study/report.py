@@ -432,9 +432,18 @@ def write_report(spec: StudySpec, results: dict[str, dict], command: str) -> lis
     written.append(
         plot_layer_profiles(profiles, pictures / "profile_baseline_vs_best.png", "Psi per block")
     )
-    steps = {name: (s["steps"], s["jump_strength"]) for name, s in series.items() if s["steps"]}
+    steps = {  # the baselines first in the legend
+        name: (series[name]["steps"], series[name]["jump_strength"])
+        for name in [*finished, *(n for n in order if n not in finished)]
+        if series[name]["steps"]
+    }
     if steps:
-        written.append(plot_jump_over_steps(steps, pictures / "j_vs_step.png"))
+        groups = {run: name for name, s in settings.items() for run in s["runs"]}
+        written.append(
+            plot_jump_over_steps(
+                steps, pictures / "j_vs_step.png", emphasis=finished, groups=groups
+            )
+        )
     early = {
         name: results[name]["final"]["early_exit_loss"]
         for name in [*finished, *([best] if best else [])]
