@@ -79,6 +79,29 @@ def jump_place(m: dict) -> str | None:
     return None
 
 
+def one_sentence(baseline: dict, jreg: dict) -> str:
+    """The demo's verdict: how much the baseline's late block turns, and JREG's, with the loss.
+
+    Args:
+        baseline, jreg: the two runs' final validations (``validation_profile.json``).
+
+    Returns:
+        One sentence; the block is block L-1 when that is where the baseline's jump is.
+    """
+    base, other = run_metrics(baseline), run_metrics(jreg)
+    if jump_place(base) == "block L-1":
+        block, key = f"block L-1 (block {base['argmax']} of {base['blocks']})", "J_late"
+    else:
+        block, key = "last block", "J"
+    jump = "a jump" if jump_place(base) else f"no jump yet: a jump is above {JUMP_THRESHOLD:g}x"
+    held = "holds it at" if other[key] < base[key] else "brings it to"
+    return (
+        f"The baseline's {block} turns {base[key]:.2f}x as much as the middle ones ({jump}); "
+        f"JREG {held} {other[key]:.2f}x, validation loss {base['loss']:.3f} vs "
+        f"{other['loss']:.3f} (one seed each: no seed spread to test the difference against)."
+    )
+
+
 def _spread(value: float, spec: str) -> str:
     """A seed spread as text: ``unknown`` below two seeds."""
     return format(value, spec) if known(value) else "unknown"
