@@ -21,9 +21,9 @@ from jreg_lightning.analysis.plots import plot_layer_profiles
 from jreg_lightning.analysis.validation_report import format_side_by_side
 from jreg_lightning.console import quiet_console
 from jreg_lightning.study.command import ensure_data
-from jreg_lightning.study.report import one_sentence
 from jreg_lightning.study.runner import read_result, train_study
 from jreg_lightning.study.spec import load_study
+from jreg_lightning.study.verdict import one_sentence
 
 
 def demo(config_file: str = "configs/study/demo.yaml", full: bool = False) -> dict:

@@ -96,7 +96,7 @@ def _final(j: float, j_late: float, loss: float, argmax: int = 12) -> dict:
 
 
 def test_demo_verdict_is_one_sentence_from_the_numbers():
-    from jreg_lightning.study.report import one_sentence
+    from jreg_lightning.study.verdict import one_sentence
 
     sentence = one_sentence(_final(2.6, 2.7, 3.95), _final(0.5, 0.52, 3.93))
     assert sentence.startswith(

@@ -11,9 +11,9 @@ import yaml
 
 from jreg_lightning.commands import run_extra_command
 from jreg_lightning.study.command import QUICK_OVERRIDES, quick_spec, study
-from jreg_lightning.study.report import _final_scheme_sentence, run_metrics, verdict
 from jreg_lightning.study.runner import train_study
 from jreg_lightning.study.spec import load_study
+from jreg_lightning.study.verdict import _final_scheme_sentence, run_metrics, verdict
 from tests.studies import tiny_study
 
 

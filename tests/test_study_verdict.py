@@ -7,16 +7,15 @@ import math
 
 import pytest
 
-from jreg_lightning.study.report import (
+from jreg_lightning.study.report import corpus_name, readme_summary
+from jreg_lightning.study.seeds import seed_groups, seed_stats
+from jreg_lightning.study.spec import RunSpec, load_study
+from jreg_lightning.study.verdict import (
     METRICS,
     _early_exit_sentence,
-    corpus_name,
-    readme_summary,
     setting_stats,
     verdict,
 )
-from jreg_lightning.study.seeds import seed_groups, seed_stats
-from jreg_lightning.study.spec import RunSpec, load_study
 from tests.studies import REPO, tiny_study
 
 
