@@ -8,7 +8,8 @@
    the demo skips what is finished). By default the runs are shortened by the
    file's ``overrides``; ``--full true`` trains the study's full setting.
 3. Print both layer profiles side by side with J, J_late, the argmax block and
-   the validation loss, and write one overlay picture.
+   the validation loss, write one overlay picture, and say in one sentence how
+   much the baseline's last block turns against the middle ones and JREG's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from jreg_lightning.console import quiet_console
 from jreg_lightning.study.command import ensure_data
 from jreg_lightning.study.runner import read_result, train_study
 from jreg_lightning.study.spec import load_study
+from jreg_lightning.study.verdict import one_sentence
 
 
 def demo(config_file: str = "configs/study/demo.yaml", full: bool = False) -> dict:
@@ -59,6 +61,10 @@ def demo(config_file: str = "configs/study/demo.yaml", full: bool = False) -> di
     print(format_side_by_side({labels[name]: final for name, final in finals.items()}))
     print(f"runs (logs, checkpoints):  {spec.output_dir.absolute()}")
     print(f"profile overlay:           {plot}")
+    baseline = next(run.name for run in spec.runs if run.is_baseline)
+    jreg = next((run.name for run in spec.runs if not run.is_baseline), None)
+    if jreg is not None:
+        print(one_sentence(finals[baseline], finals[jreg]))
     if not full:
         print("the study's full setting:  python cli.py demo --full true (see docs/results.md)")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")

@@ -74,7 +74,41 @@ def test_demo_trains_both_runs_and_prints_them_side_by_side(tmp_path, capsys, mo
     assert "baseline" in out and "JREG lam 1 linear" in out
     for label in ("J ", "J_late", "argmax", "val loss"):
         assert label in out
+    assert "x as much as the middle ones" in out and "one seed each" in out
+    assert "study: baseline_s1: training (log: " in out  # whole lines, one per status
+    assert "study: baseline_s1: done in " in out and "study: linear_lam1: done in " in out
     assert set(report["runs"]) == {"baseline_s1", "linear_lam1"}
     assert Path(report["plot"]).is_file() and Path(report["plot"]).stat().st_size > 0
     meta = json.loads((tmp_path / "shards" / "meta.json").read_text())
     assert meta["seq_len"] == 32 and meta["shuffle_seed"] == 42
+
+
+def _final(j: float, j_late: float, loss: float, argmax: int = 12) -> dict:
+    """A 12-block final validation with only the fields the sentence reads."""
+    return {
+        "loss": loss,
+        "ppl": 50.0,
+        "jump_strength": j,
+        "jump_strength_late": j_late,
+        "jump_layer": argmax,
+        "profile": [0.4] + [0.01] * 11,
+    }
+
+
+def test_demo_verdict_is_one_sentence_from_the_numbers():
+    from jreg_lightning.study.verdict import one_sentence
+
+    sentence = one_sentence(_final(2.6, 2.7, 3.95), _final(0.5, 0.52, 3.93))
+    assert sentence.startswith(
+        "The baseline's last block turns 2.60x as much as the middle ones (a jump); "
+        "JREG holds it at 0.50x, validation loss 3.950 vs 3.930"
+    )
+    # The jump at block L-1 is the one reported, read through J_late.
+    sentence = one_sentence(_final(1.8, 3.39, 4.0, argmax=11), _final(0.4, 1.1, 4.1))
+    assert sentence.startswith(
+        "The baseline's block L-1 (block 11 of 12) turns 3.39x as much as the middle ones "
+        "(a jump); JREG holds it at 1.10x"
+    )
+    sentence = one_sentence(_final(0.38, 0.4, 6.17), _final(0.45, 0.5, 6.03))
+    assert "turns 0.38x as much as the middle ones (no jump yet: a jump is above 2x)" in sentence
+    assert "JREG brings it to 0.45x" in sentence

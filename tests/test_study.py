@@ -11,9 +11,9 @@ import yaml
 
 from jreg_lightning.commands import run_extra_command
 from jreg_lightning.study.command import QUICK_OVERRIDES, quick_spec, study
-from jreg_lightning.study.report import _final_scheme_sentence, run_metrics, verdict
 from jreg_lightning.study.runner import train_study
 from jreg_lightning.study.spec import load_study
+from jreg_lightning.study.verdict import _final_scheme_sentence, run_metrics, verdict
 from tests.studies import tiny_study
 
 
@@ -123,7 +123,10 @@ def test_verdict_says_how_many_seeds_show_the_jump(tmp_path, j_values, sentence)
     spec = load_study(tiny_study(tmp_path))
     baselines = [spec.run("baseline_s1"), dataclasses.replace(spec.run("baseline_s1"), name="s2")]
     spec = dataclasses.replace(spec, runs=baselines, baselines=["baseline_s1", "s2"])
-    metrics = {run.name: {"J": j} for run, j in zip(baselines, j_values, strict=True)}
+    metrics = {
+        run.name: {"J": j, "J_late": j, "argmax": 4, "blocks": 4}
+        for run, j in zip(baselines, j_values, strict=True)
+    }
     mean = sum(j_values) / 2
     stats = {
         "J": {"values": list(j_values), "mean": mean, "spread": abs(j_values[0] - mean)},

@@ -7,7 +7,7 @@ returns its path; the parent folder is created. Nothing here needs torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +20,50 @@ from matplotlib.ticker import MaxNLocator
 # Small pictures: the README ships one, and each should stay well under 150 KB.
 _FIGSIZE = (6.4, 4.0)
 _DPI = 100
+# tab10 without its grey, which would read as a baseline's.
+_COLOURS = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9")
+_EMPHASIS_COLOURS = ("black", "dimgrey", "darkgrey")
+_LINE_STYLES = ("-", "--", ":", "-.")
+# Past this many runs the legend moves beside the axes.
+_LEGEND_INSIDE_MAX = 8
+
+
+def line_styles(
+    names: Sequence[str],
+    emphasis: Collection[str] = (),
+    groups: Mapping[str, str] | None = None,
+) -> dict[str, dict]:
+    """Matplotlib ``color``, ``linestyle`` and ``linewidth`` per run; no two runs alike.
+
+    Args:
+        names: the runs, in drawing order.
+        emphasis: runs drawn heavier in black and greys (the baselines).
+        groups: run -> setting; the seeds of one setting share a colour and differ in
+            line style. A run not in it is a setting of its own.
+
+    Returns:
+        Run name -> keyword arguments for ``Axes.plot``. Colour and line style pairs are
+        unique up to 9 x 4 settings' seeds and 3 x 4 emphasised runs.
+    """
+    groups = groups or {}
+    used: set[tuple[str, str]] = set()
+    # Each setting's first colour: the baselines (one setting) start at black.
+    first_colour: dict[tuple[bool, str], int] = {}
+    styles = {}
+    for name in names:
+        heavy = name in emphasis
+        palette = _EMPHASIS_COLOURS if heavy else _COLOURS
+        setting = (heavy, "" if heavy else groups.get(name, name))
+        start = first_colour.setdefault(setting, sum(h == heavy for h, _ in first_colour))
+        pairs = [
+            (palette[(start + shift) % len(palette)], style)
+            for shift in range(len(palette))
+            for style in _LINE_STYLES
+        ]
+        colour, style = next((pair for pair in pairs if pair not in used), pairs[0])
+        used.add((colour, style))
+        styles[name] = {"color": colour, "linestyle": style, "linewidth": 2.4 if heavy else 1.2}
+    return styles
 
 
 def _save(fig, out_path: str | Path) -> Path:
@@ -83,6 +127,8 @@ def plot_jump_over_steps(
     out_path: str | Path,
     title: str | None = None,
     ylabel: str = "J = Psi_L / mean(Psi_2..Psi_{L-1})",
+    emphasis: Collection[str] = (),
+    groups: Mapping[str, str] | None = None,
 ) -> Path:
     """One line per run: a scalar (J by default) against the training step.
 
@@ -91,23 +137,36 @@ def plot_jump_over_steps(
         out_path: PNG file to write.
         title: figure title.
         ylabel: what the values are.
+        emphasis: runs drawn heavier (the baselines); see ``line_styles``.
+        groups: run -> setting: seeds of one setting share a colour.
 
     Returns:
         The written path.
     """
     _check_series({name: steps for name, (steps, _) in series.items()}, "plot_jump_over_steps")
-    fig, ax = plt.subplots(figsize=_FIGSIZE)
+    styles = line_styles(list(series), emphasis, groups)
+    many = len(series) > _LEGEND_INSIDE_MAX
+    fig, ax = plt.subplots(figsize=(_FIGSIZE[0] + 2.0, _FIGSIZE[1]) if many else _FIGSIZE)
     for name, (steps, values) in series.items():
         if len(steps) != len(values):
             raise ValueError(
                 f"plot_jump_over_steps: run {name!r} has {len(steps)} steps but "
                 f"{len(values)} values; pass one value per step"
             )
-        ax.plot(list(steps), [float(v) for v in values], marker="o", markersize=3, label=name)
+        ax.plot(
+            list(steps),
+            [float(v) for v in values],
+            marker="o",
+            markersize=3,
+            label=name,
+            **styles[name],
+        )
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
-    return _finish(fig, ax, out_path, title or "Jump strength during training")
+    if many:
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _finish(fig, ax, out_path, title or "Jump strength during training", legend=not many)
 
 
 def plot_early_exit_losses(

@@ -99,8 +99,12 @@ def study(
     if missing:
         print(f"study: not finished yet, left out of the report: {', '.join(missing)}")
     paths = write_report(spec, results, command)
-    for path in paths:
-        print(f"study: wrote {path}")
+    report = next(path for path in paths if path.name == "results.md")
+    # One line, not one per archived file: the archive alone is a few files per run.
+    print(
+        f"study: wrote {report} and {len(paths) - 1} more files (pictures, summary.json, "
+        f"archived run files) in {report.parent / 'results'}"
+    )
     print(
         f"study: {len(results)} of {len(spec.runs)} runs in the report; "
         f"{time.perf_counter() - started:.0f} s"

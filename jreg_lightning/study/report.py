@@ -3,14 +3,13 @@
 Every number in the report comes from a run's ``result.json`` (the final
 validation of its last checkpoint over the whole validation split) or its
 logged validations (``metrics.csv``); the verdict sentences are rules applied
-to those numbers, so rerunning the study rewrites the report.
+to those numbers (``study.verdict``), so rerunning the study rewrites the report.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,217 +23,27 @@ from jreg_lightning.analysis.run_logs import read_logged_series
 from jreg_lightning.data.shard_meta import read_meta
 from jreg_lightning.errors import ConfigError, JregError
 from jreg_lightning.study.runner import run_dir, unrecorded_attempts
+from jreg_lightning.study.seeds import group_of, known, seed_stats
 from jreg_lightning.study.spec import StudySpec
-
-SERIES_KEYS = ("steps", "jump_strength", "loss")
-# A baseline "has the jump" when J exceeds this on every seed.
-JUMP_THRESHOLD = 2.0
-METRICS = (
-    "loss",
-    "ppl",
-    "J",
-    "J_late",
-    "argmax",
-    "psi_L",
-    "psi_L1",
-    "psi_middle",
-    "early_exit_middle",
-    "spread_std",
-    "spread_max_over_mean",
+from jreg_lightning.study.verdict import (
+    JUMP_THRESHOLD,
+    METRICS,
+    choose_best,
+    judge,
+    relative_change,
+    run_metrics,
+    setting_stats,
+    spread_text,
+    verdict,
 )
 
-
-def run_metrics(final: dict) -> dict[str, float]:
-    """The report's numbers of one final validation (see ``validation_report``)."""
-    profile = [float(v) for v in final["profile"]]
-    body = profile[1:]
-    middle = profile[1:-1]
-    mean_body = sum(body) / len(body)
-    early = final.get("early_exit_loss")
-    middle_block = len(profile) // 2
-    return {
-        "loss": float(final["loss"]),
-        "ppl": float(final["ppl"]),
-        "J": float(final["jump_strength"]),
-        "J_late": float(final["jump_strength_late"]),
-        "argmax": int(final["jump_layer"]),
-        "psi_L": profile[-1],
-        "psi_L1": profile[-2],
-        "psi_middle": sum(middle) / len(middle),
-        "early_exit_middle": float(early[middle_block - 1]) if early else math.nan,
-        "spread_std": statistics.pstdev(body),
-        "spread_max_over_mean": max(body) / mean_body if mean_body > 0 else math.nan,
-    }
-
-
-def _baseline_stats(metrics: dict[str, dict], names: list[str]) -> dict[str, dict]:
-    """Mean and half-range (the seed spread) of each metric over the baseline seeds."""
-    stats = {}
-    for key in METRICS:
-        values = [metrics[name][key] for name in names]
-        stats[key] = {
-            "mean": sum(values) / len(values),
-            "spread": (max(values) - min(values)) / 2,
-            "values": values,
-        }
-    return stats
-
-
-def _relative(value: float, reference: float) -> float:
-    return (value - reference) / reference if reference else math.nan
+SERIES_KEYS = ("steps", "jump_strength", "loss")
 
 
 def _still_learning(series: dict) -> bool:
     """Validation loss fell between the last two logged validations."""
     losses = [v for v in series.get("loss", []) if not math.isnan(v)]
     return len(losses) >= 2 and losses[-1] < losses[-2]
-
-
-def _clear_and_cheap(spec: StudySpec, metrics: dict, stats: dict) -> list[tuple[float, str]]:
-    """``(relative J change, run)`` of the JREG runs that lower J beyond the baselines' seed
-    spread at a validation-loss cost within it."""
-    base_j = stats["J"]
-    j_spread = base_j["spread"] / base_j["mean"] if base_j["mean"] else math.nan
-    found = []
-    for run in spec.runs:
-        if run.is_baseline or run.name not in metrics:
-            continue
-        change = _relative(metrics[run.name]["J"], base_j["mean"])
-        loss_delta = metrics[run.name]["loss"] - stats["loss"]["mean"]
-        if change < 0 and abs(change) > j_spread and loss_delta <= stats["loss"]["spread"]:
-            found.append((change, run.name))
-    return sorted(found)
-
-
-def choose_best(spec: StudySpec, metrics: dict, stats: dict) -> str | None:
-    """The JREG run the report sets against the baseline.
-
-    The study file's ``best`` if it names a finished run; else (``best: auto``) the
-    largest clear reduction of J at no loss cost beyond the seed spread; else the
-    JREG run with the lowest J.
-    """
-    if spec.best in metrics:
-        return spec.best
-    found = _clear_and_cheap(spec, metrics, stats)
-    if found:
-        return found[0][1]
-    jreg = [run.name for run in spec.runs if not run.is_baseline and run.name in metrics]
-    return min(jreg, key=lambda name: metrics[name]["J"]) if jreg else None
-
-
-def verdict(
-    spec: StudySpec, metrics: dict[str, dict], stats: dict, learning: dict, best: str | None
-) -> list[str]:
-    """Plain sentences, each from a rule over the numbers (no number typed by hand)."""
-    lines = []
-    base_j = stats["J"]
-    seeds_with_jump = sum(metrics[name]["J"] > JUMP_THRESHOLD for name in spec.baselines)
-    if seeds_with_jump == len(spec.baselines):
-        shows = "shows the jump"
-    elif seeds_with_jump:
-        shows = f"shows the jump on {seeds_with_jump} of {len(spec.baselines)} seeds"
-    else:
-        shows = "does not show the jump"
-    learning_all = all(learning.get(name, False) for name in spec.baselines)
-    j_values = ", ".join(f"{v:.2f}" for v in base_j["values"])
-    lines.append(
-        f"The baseline {shows}: J = {j_values} on "
-        f"{len(spec.baselines)} seed(s) (threshold {JUMP_THRESHOLD:g}), and its validation loss "
-        f"{'was still falling' if learning_all else 'had stopped falling'} at the last validation."
-    )
-    loss_spread = stats["loss"]["spread"]
-    j_spread = base_j["spread"] / base_j["mean"] if base_j["mean"] else math.nan
-    for run in spec.runs:
-        if run.is_baseline or run.name not in metrics:
-            continue
-        m = metrics[run.name]
-        change = _relative(m["J"], base_j["mean"])
-        loss_delta = m["loss"] - stats["loss"]["mean"]
-        clear = abs(change) > j_spread
-        cheap = loss_delta <= loss_spread
-        pre_norm = run.jreg.get("final_state") == "pre_norm"
-        lines.append(
-            f"`{run.name}`: J {change:+.0%} against the baseline mean (seed spread "
-            f"±{j_spread:.0%}: {'a clear change' if clear else 'within the seed noise'}), "
-            f"validation loss {loss_delta:+.4f} (seed spread ±{loss_spread:.4f}: "
-            f"{'no cost beyond the noise' if cheap else 'a cost beyond the noise'})"
-            + (
-                "; its Psi_L and J are measured on the pre-norm final state, the baselines' "
-                "on the post-norm one, so they compare only roughly."
-                if pre_norm
-                else "."
-            )
-        )
-    within = _clear_and_cheap(spec, metrics, stats)
-    if within:
-        change, name = within[0]
-        lines.append(
-            f"Largest clear reduction of J at no loss cost beyond the seed spread: `{name}` "
-            f"({change:+.0%})."
-        )
-    else:
-        lines.append(
-            "No JREG run lowered J beyond the seed spread at a loss cost within the seed spread."
-        )
-    for run in spec.runs:
-        if run.jreg.get("weights") == "final" and run.name in metrics:
-            lines.append(_final_scheme_sentence(run.name, metrics[run.name], stats))
-    if best is not None:
-        m = metrics[best]
-        delta = m["early_exit_middle"] - stats["early_exit_middle"]["mean"]
-        spread = stats["early_exit_middle"]["spread"]
-        lines.append(
-            f"Early exit at the middle block, `{best}` against the baseline: "
-            f"{delta:+.3f} nats (seed spread ±{spread:.3f}); "
-            + (
-                "the middle layers carry more of the prediction."
-                if delta < -spread
-                else "no clear sign that the middle layers contribute more."
-                if delta <= spread
-                else "the middle layers carry less of the prediction."
-            )
-        )
-    return lines
-
-
-def _compared(value: float, stat: dict) -> str:
-    """``more than`` / ``less than`` / ``as much as`` the baselines, beyond their seed spread."""
-    if value - stat["mean"] > stat["spread"]:
-        return "more than"
-    if stat["mean"] - value > stat["spread"]:
-        return "less than"
-    return "as much as"
-
-
-def _final_scheme_sentence(name: str, m: dict, stats: dict) -> str:
-    """Did penalising the final block only move the jump one block earlier?
-
-    Block L-1's own turn (Psi_{L-1}) against the baselines', and whether it now
-    jumps: J_late = max(Psi_{L-1}, Psi_L) / mean(Psi_2..Psi_{L-2}) reads block L-1
-    once Psi_L is pressed below it, and the same threshold that says the
-    baselines' last block jumps (J > 2) says whether block L-1 does.
-    """
-    psi, late = stats["psi_L1"], stats["J_late"]
-    jumps_at_l1 = m["psi_L1"] > m["psi_L"] and m["J_late"] > JUMP_THRESHOLD
-    sharpness = {"more than": "more sharply than", "less than": "less sharply than"}.get(
-        _compared(m["J_late"], late), "as sharply as"
-    )
-    head = (
-        f"`{name}` (final block only): J {_relative(m['J'], stats['J']['mean']):+.0%}; "
-        f"block L-1 turns {_compared(m['psi_L1'], psi)} in the baselines (Psi_L-1 "
-        f"{m['psi_L1']:.5f} against {psi['mean']:.5f} ± {psi['spread']:.5f}; the baselines' "
-        f"last block {stats['psi_L']['mean']:.5f}), J_late {m['J_late']:.2f} (baselines "
-        f"{late['mean']:.2f} ± {late['spread']:.2f}), argmax block {m['argmax']}: "
-    )
-    if jumps_at_l1:
-        return head + (
-            f"block L-1 now jumps (J_late above {JUMP_THRESHOLD:g} with the last block held "
-            f"below it), {sharpness} the baselines' last block: the jump moved one block earlier."
-        )
-    return head + (
-        f"block L-1 does not jump (J_late at most {JUMP_THRESHOLD:g}, or the last block still "
-        "turns more): the jump did not move one block earlier."
-    )
 
 
 def _format(value: float, key: str) -> str:
@@ -267,7 +76,7 @@ def _setup(spec: StudySpec, results: dict[str, dict]) -> dict:
         "steps": any_result["steps"],
         "val_batches": base["trainer"].get("limit_val_batches"),
         "tokens_per_run": any_result["tokens"],
-        "corpus": spec.data.corpus,
+        "corpus": corpus_name(spec, meta),
         "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens"),
         "val_tokens": meta.get("splits", {}).get("val", {}).get("tokens"),
         "seeds": sorted({r["seed"] for r in results.values()}),
@@ -278,6 +87,16 @@ def _setup(spec: StudySpec, results: dict[str, dict]) -> dict:
         "parallel": spec.parallel,
         "threads_per_run": spec.threads_per_run,
     }
+
+
+def corpus_name(spec: StudySpec, meta: dict) -> str:
+    """The file(s) the study's shards were prepared from, as their ``meta.json`` records.
+
+    The study file's ``corpus_file`` when the shards record no inputs: ``data.corpus``
+    only names the kind of corpus built when that file is missing.
+    """
+    inputs = meta.get("inputs") or [spec.data.corpus_file]
+    return ", ".join(Path(path).name for path in inputs)
 
 
 def fit_times(setup: dict) -> str:
@@ -309,7 +128,8 @@ def write_report(spec: StudySpec, results: dict[str, dict], command: str) -> lis
         )
     order = [run.name for run in spec.runs if run.name in results]
     metrics = {name: run_metrics(results[name]["final"]) for name in order}
-    stats = _baseline_stats(metrics, finished)
+    stats = seed_stats(metrics, finished, METRICS)
+    settings = setting_stats(spec, metrics)
     series = {}
     for name in order:
         try:
@@ -331,9 +151,18 @@ def write_report(spec: StudySpec, results: dict[str, dict], command: str) -> lis
     written.append(
         plot_layer_profiles(profiles, pictures / "profile_baseline_vs_best.png", "Psi per block")
     )
-    steps = {name: (s["steps"], s["jump_strength"]) for name, s in series.items() if s["steps"]}
+    steps = {  # the baselines first in the legend
+        name: (series[name]["steps"], series[name]["jump_strength"])
+        for name in [*finished, *(n for n in order if n not in finished)]
+        if series[name]["steps"]
+    }
     if steps:
-        written.append(plot_jump_over_steps(steps, pictures / "j_vs_step.png"))
+        groups = {run: name for name, s in settings.items() for run in s["runs"]}
+        written.append(
+            plot_jump_over_steps(
+                steps, pictures / "j_vs_step.png", emphasis=finished, groups=groups
+            )
+        )
     early = {
         name: results[name]["final"]["early_exit_loss"]
         for name in [*finished, *([best] if best else [])]
@@ -351,7 +180,7 @@ def write_report(spec: StudySpec, results: dict[str, dict], command: str) -> lis
     setup = _setup(spec, {name: results[name] for name in order})
     deltas = {
         name: {
-            "J_relative": _relative(metrics[name]["J"], stats["J"]["mean"]),
+            "J_relative": relative_change(metrics[name]["J"], stats["J"]["mean"]),
             "loss": metrics[name]["loss"] - stats["loss"]["mean"],
             "early_exit_middle": metrics[name]["early_exit_middle"]
             - stats["early_exit_middle"]["mean"],
@@ -366,6 +195,11 @@ def write_report(spec: StudySpec, results: dict[str, dict], command: str) -> lis
         "baselines": finished,
         "best": best,
         "baseline_stats": stats,
+        "seed_groups": {
+            name: {"runs": s["runs"], "stats": s["stats"], **judge(stats, s)}
+            for name, s in settings.items()
+            if len(s["runs"]) >= 2
+        },
         "runs": {
             name: {
                 "jreg": results[name]["jreg"],
@@ -405,17 +239,28 @@ def readme_summary(spec: StudySpec, summary: dict, metrics: dict, stats: dict) -
         f"CPU study ({model['num_layers']} blocks, d={model['hidden_size']}, "
         f"{setup['tokens_per_run']:,} tokens a run, {len(summary['baselines'])} baseline seeds; "
         f"[docs/results.md](docs/results.md)): baseline J = {base_j['mean']:.2f} "
-        f"± {base_j['spread']:.2f} (a jump is J > {JUMP_THRESHOLD:g}), "
-        f"validation loss {base_loss['mean']:.3f} ± {base_loss['spread']:.3f}.",
+        f"± {spread_text(base_j['spread'], '.2f')} (a jump is J > {JUMP_THRESHOLD:g}), "
+        f"validation loss {base_loss['mean']:.3f} ± {spread_text(base_loss['spread'], '.3f')}.",
     ]
     best = summary.get("best")
     if best:
-        m = metrics[best]
+        groups = summary.get("seed_groups", {})
+        group = group_of({name: g["runs"] for name, g in groups.items()}, best)
+        if group is not None:  # the chosen setting has several seeds: their mean ± spread
+            own = groups[group]["stats"]
+            who = f"`{group}` ({len(groups[group]['runs'])} seeds)"
+            j = f"{own['J']['mean']:.2f} ± {own['J']['spread']:.2f}"
+            loss = f"{own['loss']['mean']:.3f} ± {own['loss']['spread']:.3f}"
+            values = {key: own[key]["mean"] for key in ("J", "psi_L", "loss")}
+        else:
+            m = metrics[best]
+            who, j, loss = f"`{best}`", f"{m['J']:.2f}", f"{m['loss']:.3f}"
+            values = {key: m[key] for key in ("J", "psi_L", "loss")}
         lines.append(
             f"{'Best JREG run' if spec.best is None else 'Chosen JREG run'} "
-            f"`{best}`: J {m['J']:.2f} ({_relative(m['J'], base_j['mean']):+.0%}), "
-            f"Psi_L {m['psi_L']:.5f} against {stats['psi_L']['mean']:.5f}, validation loss "
-            f"{m['loss']:.3f} ({m['loss'] - base_loss['mean']:+.3f})."
+            f"{who}: J {j} ({relative_change(values['J'], base_j['mean']):+.0%}), "
+            f"Psi_L {values['psi_L']:.5f} against {stats['psi_L']['mean']:.5f}, validation loss "
+            f"{loss} ({values['loss'] - base_loss['mean']:+.3f})."
         )
     lines.append(summary["verdict"][0])
     figure = (
@@ -475,6 +320,32 @@ def _unfinished_line(spec: StudySpec, finished: list[str]) -> list[str]:
     ]
 
 
+def _count(tokens: int | None) -> str:
+    """A token count, or ``?`` when the shards' ``meta.json`` is not on this machine."""
+    return "?" if tokens is None else f"{tokens:,}"
+
+
+def _pooled_row(label: str, stats: dict, judged: dict | None) -> str:
+    """A table row of ``mean ± spread`` per metric; the baselines' row (``judged`` None) gives
+    their relative J spread as ΔJ, a setting's row its ΔJ and Δloss with the seed noise."""
+    cells = [label, "", "", ""]
+    cells += [
+        f"{_format(stats[key]['mean'], key)} ± "
+        + (_format(stats[key]["spread"], key) if known(stats[key]["spread"]) else "unknown")
+        for key in METRICS
+    ]
+    if judged is None:
+        j_mean = stats["J"]["mean"]
+        relative = stats["J"]["spread"] / j_mean if j_mean else math.nan
+        cells += [f"±{spread_text(relative, '.0%')}", ""]
+    else:
+        cells += [
+            f"{judged['J_relative']:+.0%} ± {spread_text(judged['J_noise'], '.0%')}",
+            f"{judged['loss']:+.4f} ± {spread_text(judged['loss_noise'], '.4f')}",
+        ]
+    return "| " + " | ".join(cells) + " |"
+
+
 def _nan_safe(value):
     return None if isinstance(value, float) and math.isnan(value) else str(value)
 
@@ -505,8 +376,8 @@ def _markdown(spec, summary, order, metrics, stats, deltas, pictures: Path) -> s
         f"- Model: Llama, {model['num_layers']} blocks, hidden {model['hidden_size']}, "
         f"FFN {model['intermediate_size']}, {model['num_heads']} heads, "
         f"vocab {model['vocab_size']}.",
-        f"- Data: `{setup['corpus']}` ({setup['train_tokens']:,} training / "
-        f"{setup['val_tokens']:,} validation tokens), seq_len {setup['seq_len']}, "
+        f"- Data: `{setup['corpus']}` ({_count(setup['train_tokens'])} training / "
+        f"{_count(setup['val_tokens'])} validation tokens), seq_len {setup['seq_len']}, "
         f"batch {setup['batch_size']}.",
         f"- Training: {setup['steps']} steps = {setup['tokens_per_run']:,} tokens per run; "
         f"AdamW lr {optim.get('lr')} ({optim.get('schedule', 'cosine')} after "
@@ -541,18 +412,20 @@ def _markdown(spec, summary, order, metrics, stats, deltas, pictures: Path) -> s
             f"{d['loss']:+.4f}",
         ]
         out.append("| " + " | ".join(cells) + " |")
-    spread_cells = ["baseline seed spread (±)", "", "", ""]
-    spread_cells += [_format(stats[key]["spread"], key) for key in METRICS]
-    j_mean = stats["J"]["mean"]
-    spread_cells += [f"±{stats['J']['spread'] / j_mean:.0%}" if j_mean else "", ""]
-    out.append("| " + " | ".join(spread_cells) + " |")
+    out.append(_pooled_row(f"baselines, {len(summary['baselines'])} seed(s)", stats, None))
+    for name, group in summary["seed_groups"].items():
+        label = f"`{name}`, {len(group['runs'])} seeds"
+        out.append(_pooled_row(label, group["stats"], group))
     out += [
         "",
         "Columns: J = Psi_L / mean(Psi_2..Psi_{L-1}); J_late = max(Psi_{L-1}, Psi_L) / "
         "mean(Psi_2..Psi_{L-2}); argmax = the block with the largest Psi after block 1; "
         "Psi_L-1 = the turn of the block before the last; mean Psi mid = "
         "mean(Psi_2..Psi_{L-1}); early exit @ mid = logit-lens loss after block L/2; "
-        "std and max/mean of Psi_2..Psi_L; ΔJ and Δloss against the mean of the baseline seeds.",
+        "std and max/mean of Psi_2..Psi_L; ΔJ and Δloss against the mean of the baseline seeds. "
+        "Rows of several seeds: mean ± spread (half the range; unknown for one seed); runs "
+        "are seeds of one setting when only their seed differs. Their ΔJ ± and Δloss ± are "
+        "the seed noise: the baselines' spread plus the setting's.",
         "",
         "## Pictures",
         "",

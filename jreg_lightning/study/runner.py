@@ -16,13 +16,15 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import yaml
 
 from jreg_lightning.errors import JregError
 from jreg_lightning.loggers import MLFLOW_ARTIFACTS, MLFLOW_DB
+from jreg_lightning.study.live import RunBoard
+from jreg_lightning.study.progress import PROGRESS_FILE
 from jreg_lightning.study.spec import RunSpec, StudySpec
 
 RESULT_FILE = "result.json"
@@ -30,6 +32,11 @@ CONFIG_FILE = "run_config.yaml"
 ATTEMPTS_FILE = "attempts.json"
 FINAL_VALIDATION = "validation_profile.json"
 _CLI = "from jreg_lightning.cli import main; main()"
+PROGRESS_CALLBACK = "jreg_lightning.study.progress.ProgressFile"
+# Seconds between two polls of the runs' progress files, and between two plain
+# progress lines of one run when stdout is not a terminal.
+POLL_SECONDS = 1.0
+PLAIN_EVERY_SECONDS = 60.0
 
 
 def run_dir(spec: StudySpec, run: RunSpec) -> Path:
@@ -53,7 +60,8 @@ def run_config(spec: StudySpec, run: RunSpec, overrides: dict | None = None) -> 
     """The base fit config with the study's and the run's overrides, seed, JREG and folders.
 
     Checkpoints are saved at every validation (``trainer.val_check_interval``),
-    so J can be measured again at each of those steps.
+    so J can be measured again at each of those steps; a ``ProgressFile`` callback
+    writes the run's ``progress.json`` for the study's console.
     """
     config = copy.deepcopy(yaml.safe_load(spec.base.read_text()))
     folder = str(run_dir(spec, run))
@@ -73,6 +81,11 @@ def run_config(spec: StudySpec, run: RunSpec, overrides: dict | None = None) -> 
             args = callback.setdefault("init_args", {})
             args["dirpath"] = f"{folder}/checkpoints"
             args["every_n_train_steps"] = trainer.get("val_check_interval", trainer["max_steps"])
+    callbacks = [
+        c for c in trainer.get("callbacks") or [] if c.get("class_path") != PROGRESS_CALLBACK
+    ]
+    progress = {"class_path": PROGRESS_CALLBACK, "init_args": {"path": f"{folder}/{PROGRESS_FILE}"}}
+    trainer["callbacks"] = [*callbacks, progress]
     config.setdefault("data", {})["data_dir"] = spec.data.data_dir
     return config
 
@@ -168,6 +181,7 @@ def train_run(spec: StudySpec, run: RunSpec, overrides: dict | None = None) -> d
     resumed = last.exists()
     if resumed:
         fit += ["--ckpt_path", str(last)]
+    (folder / PROGRESS_FILE).unlink(missing_ok=True)  # an earlier attempt's pace is not this one's
     started = time.time()
     _cli(fit, log, spec.threads_per_run)
     _record_attempt(
@@ -231,20 +245,31 @@ def train_study(
             )
         pending.append(run)
 
+    if not pending:
+        return results
+    board = RunBoard(
+        {run.name: run_dir(spec, run) for run in pending}, plain_every=PLAIN_EVERY_SECONDS
+    )
+
     def one(run: RunSpec) -> tuple[str, dict]:
         folder = run_dir(spec, run)
         state = "resuming" if (folder / "checkpoints" / "last.ckpt").exists() else "training"
-        print(f"study: {run.name}: {state} (log: {folder / 'study.log'})", flush=True)
+        board.say(f"study: {run.name}: {state} (log: {folder / 'study.log'})")
         result = train_run(spec, run, overrides)
         final = result["final"]
-        print(
+        board.say(
             f"study: {run.name}: done in {result['fit_seconds']:.0f} s: val loss "
-            f"{final['loss']:.4f}, J {final['jump_strength']:.2f}",
-            flush=True,
+            f"{final['loss']:.4f}, J {final['jump_strength']:.2f}"
         )
         return run.name, result
 
-    with ThreadPoolExecutor(max_workers=spec.parallel) as pool:
-        for name, result in pool.map(one, pending):
+    with board, ThreadPoolExecutor(max_workers=spec.parallel) as pool:
+        futures = [pool.submit(one, run) for run in pending]
+        while wait(futures, timeout=POLL_SECONDS, return_when=FIRST_EXCEPTION).not_done:
+            if any(f.done() and f.exception() for f in futures):
+                break
+            board.refresh()
+        for future in futures:
+            name, result = future.result()  # re-raises a failed run's error
             results[name] = result
     return results

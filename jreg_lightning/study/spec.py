@@ -24,6 +24,11 @@ Every key of a run besides ``seed`` and the JREG keys (``lam``, ``weights``,
 ``last_k``, ``final_state``) is a dotted fit-config key (``model.optim.lr``);
 a top-level ``overrides`` mapping of dotted keys applies to every run (the
 demo uses it to shorten the study's runs).
+
+Runs that differ only in ``seed`` (``linear_lam30``, ``linear_lam30_s2``) are
+seeds of one setting: the report pools them as mean ± spread, as it pools the
+``baselines`` (``jreg_lightning.study.seeds``). No key says so; give a seed
+of a setting exactly the settings of its first run.
 """
 
 from __future__ import annotations
