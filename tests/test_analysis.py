@@ -284,3 +284,17 @@ def test_text_and_tokenizer_json_feed_a_model(tmp_path):
     )
     [model] = result["models"]
     assert model["batches"] == 2 and model["tokens"] == 2 * 2 * 16
+
+
+def test_metrics_files_read_a_study_archive_like_the_run(tmp_path):
+    from jreg_lightning.analysis.loading import metrics_files
+
+    for version in (0, 1, 10):
+        (tmp_path / "run" / "logs" / f"version_{version}").mkdir(parents=True)
+        (tmp_path / "run" / "logs" / f"version_{version}" / "metrics.csv").write_text("step\n")
+        (tmp_path / "archive").mkdir(exist_ok=True)
+        (tmp_path / "archive" / f"metrics_version_{version}.csv").write_text("step\n")
+    run = [p.parent.name for p in metrics_files(tmp_path / "run")]
+    archive = [p.stem for p in metrics_files(tmp_path / "archive")]
+    assert run == ["version_0", "version_1", "version_10"]
+    assert archive == ["metrics_version_0", "metrics_version_1", "metrics_version_10"]

@@ -79,8 +79,19 @@ def checkpoint_files(folder: Path) -> list[Path]:
 
 
 def metrics_files(run_dir: Path) -> list[Path]:
-    """CSVLogger ``metrics.csv`` files anywhere under ``run_dir`` (one per logger version)."""
-    return sorted(run_dir.rglob("metrics.csv"))
+    """CSVLogger ``metrics.csv`` files under ``run_dir`` (one per logger version), in order.
+
+    Also the flat copies a study's archive keeps (``metrics_version_N.csv``, written by
+    ``jreg_lightning.study.report.archive_runs``), so an archived run reads like the run.
+    """
+    found = [*run_dir.rglob("metrics.csv"), *run_dir.rglob("metrics_version_*.csv")]
+    return sorted(found, key=lambda path: (_version(path), str(path)))
+
+
+def _version(path: Path) -> int:
+    name = path.parent.name if path.name == "metrics.csv" else path.stem
+    digits = name.rsplit("_", 1)[-1]
+    return int(digits) if digits.isdigit() else 0
 
 
 def checkpoint_step(path: Path) -> int | None:
