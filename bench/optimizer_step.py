@@ -28,7 +28,7 @@ from bench_options import add_shape_options, add_timing_options, llama_shape, st
 
 from jreg_lightning.gradients import clip_by_total_norm_, parameters_with_grads, total_gradient_norm
 from jreg_lightning.model_config import LlamaModelConfig, build_llama
-from jreg_lightning.optim import OptimConfig, parameter_groups
+from jreg_lightning.optim import OptimConfig, adamw
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,18 +40,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-norm", type=float, default=1.0)
     add_timing_options(parser)
     return parser.parse_args(argv)
-
-
-def _optimizer(model: torch.nn.Module, fused: bool) -> torch.optim.Optimizer:
-    config = OptimConfig()
-    return torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay),
-        lr=config.lr,
-        betas=config.betas,
-        eps=config.eps,
-        fused=True if fused else None,
-        foreach=None if fused else True,
-    )
 
 
 def _step(optimizer: torch.optim.Optimizer, max_norm: float, device: torch.device, clock) -> float:
@@ -82,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         model = build_llama(config).to(device)
         for param in model.parameters():
             param.grad = torch.empty_like(param)
-        optimizers[name] = _optimizer(model, fused)
+        optimizers[name] = adamw(model, OptimConfig(), fused)
     params = sum(p.numel() for p in model.parameters())
     times: dict[str, list[float]] = {name: [] for name in optimizers}
     order = list(optimizers)

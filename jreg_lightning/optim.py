@@ -119,6 +119,18 @@ def check_max_steps(max_steps: int | None) -> None:
         )
 
 
+def adamw(model: nn.Module, config: OptimConfig, fused: bool) -> torch.optim.AdamW:
+    """AdamW over ``parameter_groups``: one fused kernel, or ``foreach`` when not ``fused``."""
+    return torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay),
+        lr=config.lr,
+        betas=config.betas,
+        eps=config.eps,
+        fused=True if fused else None,
+        foreach=None if fused else True,
+    )
+
+
 def build_optimizer(
     model: nn.Module, config: OptimConfig, max_steps: int, grad_scaler: bool = False
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -131,14 +143,7 @@ def build_optimizer(
     """
     check_max_steps(max_steps)
     fused = not grad_scaler and {p.device.type for p in model.parameters()} <= FUSED_ADAMW_DEVICES
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay),
-        lr=config.lr,
-        betas=config.betas,
-        eps=config.eps,
-        fused=True if fused else None,
-        foreach=None if fused else True,
-    )
+    optimizer = adamw(model, config, fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate_factor(step, config, max_steps)
     )

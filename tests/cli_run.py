@@ -77,6 +77,15 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
+def fit_tiny(override: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``cli.py fit`` of ``configs/tiny_jreg.yaml``, ``override`` and ``extra``; must succeed."""
+    done = run_cli(
+        "fit", "--config", str(REPO / "configs/tiny_jreg.yaml"), "--config", str(override), *extra
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def logged_metric(metrics_csv: Path, key: str) -> dict[int, float]:
     """``{step: value}`` of one column of a CSVLogger ``metrics.csv`` (rows that have it)."""
     rows = csv.DictReader(metrics_csv.open())

@@ -11,7 +11,7 @@ import pytest
 
 from jreg_lightning.errors import ConfigError
 from jreg_lightning.evaluation.in_training import HeldOutEvaluation
-from tests.cli_run import REPO, logged_metric, run_cli, tiny_override
+from tests.cli_run import REPO, fit_tiny, logged_metric, tiny_override
 
 VAL_TOKENS = 8 * 330 // 33 * 32  # tests/shards.py: 8 val documents of 330 tokens, seq_len 32
 
@@ -21,12 +21,8 @@ def _fit(tmp_path, token_shards, *extra: str):
     override = tiny_override(
         run, token_shards, max_steps=4, val_check_interval=2, limit_val_batches=1.0
     )
-    done = run_cli(
-        "fit",
-        "--config",
-        str(REPO / "configs/tiny_jreg.yaml"),
-        "--config",
-        str(override),
+    fit_tiny(
+        override,
         *extra,
         "--evaluation.every_n_steps",
         "2",
@@ -37,7 +33,6 @@ def _fit(tmp_path, token_shards, *extra: str):
         "--evaluation.max_batches",
         "64",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     return run / "logs" / "version_0" / "metrics.csv"
 
 
@@ -82,12 +77,8 @@ def test_tasks_are_scored_during_training_and_logged(tmp_path, strategy):
     run = tmp_path / "run"
     override = tiny_override(run, tmp_path / "data", max_steps=4, val_check_interval=4)
     task = REPO / "tests" / "data" / "tiny_mc.yaml"
-    done = run_cli(
-        "fit",
-        "--config",
-        str(REPO / "configs/tiny_jreg.yaml"),
-        "--config",
-        str(override),
+    fit_tiny(
+        override,
         "--model.llama.vocab_size=300",
         "--evaluation.every_n_steps=2",
         f"--evaluation.tasks=[{task}]",
@@ -95,7 +86,6 @@ def test_tasks_are_scored_during_training_and_logged(tmp_path, strategy):
         "--evaluation.batch_size=4",
         *strategy,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     metrics = run / "logs" / "version_0" / "metrics.csv"
     acc, acc_norm = (logged_metric(metrics, f"eval/tiny_mc/{k}") for k in ("acc", "acc_norm"))
     # Two evaluations (after steps 2 and 4); 12 four-way questions: multiples of 1/12.

@@ -16,7 +16,7 @@ import yaml
 
 from jreg_lightning.loggers import mlflow_tracking_uri, name_from_run_dir
 from jreg_lightning.tracking import psi_chart_layout, read_baseline_profile
-from tests.cli_run import REPO, run_cli, tiny_override
+from tests.cli_run import REPO, fit_tiny, tiny_override
 from tests.conftest import TINY_LLAMA
 
 LAYERS = TINY_LLAMA["num_layers"]
@@ -28,17 +28,7 @@ BASELINE = [0.5, 0.1, 0.1, 0.3]
 def _fit_with(overlay: str, tmp_path: Path, token_shards: Path, *extra: str) -> Path:
     run = tmp_path / "tiny_tracked"
     override = tiny_override(run, token_shards, max_steps=4, val_check_interval=2)
-    done = run_cli(
-        "fit",
-        "--config",
-        str(REPO / "configs/tiny_jreg.yaml"),
-        "--config",
-        str(override),
-        "--config",
-        str(REPO / "configs/logger" / overlay),
-        *extra,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    fit_tiny(override, "--config", str(REPO / "configs/logger" / overlay), *extra)
     return run
 
 
