@@ -37,8 +37,8 @@ def child(folder: str, batches: int, batch_size: int, seq_len: int, skip_blocks:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from jreg_lightning.analysis.loading import load_hf_model
-    from jreg_lightning.analysis.measure import measure_model
+    from jreg_tools.analysis.loading import load_hf_model
+    from jreg_tools.analysis.measure import measure_model
 
     torch.set_num_threads(1)
     start = _current_mb()

@@ -43,8 +43,8 @@ sys.path.insert(0, str(REPO))
 
 
 def _prepare_rates(work: Path) -> None:
-    from jreg_lightning.data.demo_corpus import write_demo_corpus
-    from jreg_lightning.data.prepare import prepare
+    from jreg_tools.data.demo_corpus import write_demo_corpus
+    from jreg_tools.data.prepare import prepare
 
     corpus = work / "corpus.jsonl"
     if not corpus.exists():
@@ -188,7 +188,7 @@ def prepare_once(settings: dict) -> dict:
     largest finished child (``RUSAGE_CHILDREN``, i.e. the prepare workers), so
     call it in a fresh process for figures of one run alone.
     """
-    from jreg_lightning.data.prepare import prepare
+    from jreg_tools.data.prepare import prepare
 
     started = time.perf_counter()
     meta = prepare(**settings)

@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
-    from jreg_lightning.cli import main as cli_main
-    from jreg_lightning.plan import read_run_config
+    from jreg_tools.cli import main as cli_main
+    from jreg_tools.plan import read_run_config
 
     for item in args.set:
         if "=" not in item:

@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def write_corpus(args: argparse.Namespace, work: Path) -> list[str]:
     """The ``prepare`` inputs: the named corpus written into ``work``, or ``--corpus`` as given."""
-    from jreg_lightning.data.demo_corpus import write_demo_corpus
+    from jreg_tools.data.demo_corpus import write_demo_corpus
 
     kind = CORPUS_KINDS.get(args.corpus)
     if kind is None:
@@ -124,7 +124,7 @@ def write_corpus(args: argparse.Namespace, work: Path) -> list[str]:
 
 def prepare_variants(inputs: list[str], args: argparse.Namespace, work: Path) -> dict[str, dict]:
     """``meta.json`` of each variant's shards in ``work/<name>``; one tokenizer for all."""
-    from jreg_lightning.data.prepare import prepare
+    from jreg_tools.data.prepare import prepare
 
     metas: dict[str, dict] = {}
     tokenizer = args.tokenizer

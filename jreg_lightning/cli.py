@@ -1,11 +1,15 @@
-"""LightningCLI entry point: ``fit``, ``validate``, ``test`` plus the project's own commands."""
+"""The training CLI: ``fit``, ``validate`` and ``test`` over LightningCLI.
+
+``jreg_tools.cli`` extends it with the tools' commands (prepare, analyze, study, ...)
+and the ``evaluation.*`` callback; this module runs without them.
+"""
 
 from __future__ import annotations
 
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -16,12 +20,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from jreg_lightning import preflight
 from jreg_lightning.checkpoints import AtomicCheckpointIO, read_checkpoint_meta
-from jreg_lightning.commands import EXTRA_COMMANDS, run_extra_command
 from jreg_lightning.console import quiet_callbacks, quiet_console
 from jreg_lightning.data.datamodule import STAGE_SPLITS, TokenShardDataModule
 from jreg_lightning.data.mixture import SourceShares
 from jreg_lightning.errors import TRACEBACK_ENV, one_line, reported_error
-from jreg_lightning.evaluation.in_training import HeldOutEvaluation
 from jreg_lightning.module import JregLightningModule
 from jreg_lightning.optim import check_max_steps
 from jreg_lightning.profile_report import ProfileReport
@@ -52,15 +54,12 @@ class JregCLI(LightningCLI):
         super().__init__(JregLightningModule, TokenShardDataModule, args=args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """``global_batch_size`` (optional); ``tracking.*`` and ``evaluation.*`` (callbacks).
+        """``global_batch_size`` (optional) and ``tracking.*``.
 
         ``tracking``: the profile picture for experiment trackers
-        (``jreg_lightning.tracking.ProfileTracking``); ``evaluation``: held-out
-        evaluation every N steps, off unless ``evaluation.every_n_steps`` is set
-        (``jreg_lightning.evaluation.in_training.HeldOutEvaluation``).
+        (``jreg_lightning.tracking.ProfileTracking``).
         """
         parser.add_lightning_class_args(ProfileTracking, "tracking")
-        parser.add_lightning_class_args(HeldOutEvaluation, "evaluation")
         parser.add_argument(
             "--global_batch_size",
             type=int | None,
@@ -168,8 +167,18 @@ class JregCLI(LightningCLI):
             )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+# A command beside fit / validate / test: its words after the command name -> its result.
+Command = Callable[[list[str]], object]
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    cli_class: type[JregCLI] = JregCLI,
+    commands: Mapping[str, Command] | None = None,
+) -> None:
     """Run ``cli.py``; bad input ends with one ``error: ...`` line on stderr and exit code 1.
+
+    ``cli_class`` and ``commands`` let ``jreg_tools.cli`` add its callbacks and commands.
 
     The project's errors (``JregError``: a config field, a path, a data file, a
     checkpoint, named with the fix) and the argument parser's are printed as one
@@ -178,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     quiet_console()
     try:
-        _dispatch(argv)
+        _dispatch(argv, cli_class, commands or {})
     except Exception as err:
         if reported_error(err) is None or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise
@@ -237,12 +246,14 @@ def _is_subclass(class_path: str, base: type) -> bool:
         return False
 
 
-def _dispatch(argv: Sequence[str] | None) -> None:
+def _dispatch(
+    argv: Sequence[str] | None, cli_class: type[JregCLI], commands: Mapping[str, Command]
+) -> None:
     words = list(sys.argv[1:] if argv is None else argv)
-    if words and words[0] in EXTRA_COMMANDS:
-        run_extra_command(words[0], words[1:])
+    if words and words[0] in commands:
+        commands[words[0]](words[1:])
         return
-    if words and words[0] in ("-h", "--help") and EXTRA_COMMANDS:
-        print("Project commands: " + ", ".join(sorted(EXTRA_COMMANDS)) + " (each takes --help)\n")
+    if words and words[0] in ("-h", "--help") and commands:
+        print("Project commands: " + ", ".join(sorted(commands)) + " (each takes --help)\n")
     # LightningCLI reads sys.argv itself; passing args too only triggers a warning.
-    JregCLI(args=None if argv is None else words)
+    cli_class(args=None if argv is None else words)

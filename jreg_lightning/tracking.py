@@ -3,7 +3,7 @@
 Every logger already receives the per-layer scalars (``val/psi/layer_NN``); a
 reader would have to open L charts to see one profile. ``ProfileTracking``
 draws the profile at each validation (J in the title, a baseline's profile
-beside it when the run names one, ``jreg_lightning.analysis.plots``) and sends
+beside it when the run names one, ``jreg_tools.analysis.plots``) and sends
 it where a logger takes pictures: TensorBoard (an image, and one custom-scalars
 chart with every layer), W&B (an image and a Table), MLflow (an artifact).
 ``ConfigArtifact`` is the CLI's config saver: besides ``config.yaml`` in the
@@ -129,7 +129,7 @@ class ProfileTracking(L.Callback):
                 self._log(logger, image, last["profile"], at)
 
     def _draw(self, last: dict, step: int, path: Path) -> Path:
-        from jreg_lightning.analysis.plots import plot_layer_profiles
+        from jreg_lightning.profile_plot import plot_layer_profiles
 
         profiles = {f"this run (J = {last['jump_strength']:.3f})": last["profile"]}
         if self._baseline_profile is not None:

@@ -57,7 +57,7 @@ def reduction(run_dir: Path, data_dir: Path, devices: int) -> dict:
 
 
 def _fit_and_resume(entry: dict) -> dict:
-    from jreg_lightning.cli import main
+    from jreg_tools.cli import main
 
     run_dir = Path(entry["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)

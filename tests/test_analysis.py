@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jreg_lightning.analysis.command import analyze
-from jreg_lightning.analysis.loading import classify, load_hf_model, series_in_order
-from jreg_lightning.analysis.measure import measure_model
-from jreg_lightning.analysis.run_logs import read_logged_series
-from jreg_lightning.analysis.text import text_batches
 from jreg_lightning.displacement import layer_sums_and_counts
 from jreg_lightning.metrics import LayerProfileMetric
 from jreg_lightning.module import JregLightningModule
 from jreg_lightning.profile_report import format_profile_table, write_profile_report
+from jreg_tools.analysis.command import analyze
+from jreg_tools.analysis.loading import classify, load_hf_model, series_in_order
+from jreg_tools.analysis.measure import measure_model
+from jreg_tools.analysis.run_logs import read_logged_series
+from jreg_tools.analysis.text import text_batches
 from tests.conftest import TINY_LLAMA
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -154,7 +154,7 @@ def test_series_of_three_checkpoints_is_ordered_by_step(tmp_path, token_shards):
 
 
 def _shard_batch(token_shards: Path):
-    from jreg_lightning.analysis.text import shard_batches
+    from jreg_tools.analysis.text import shard_batches
 
     return shard_batches(token_shards, "val", seq_len=32, batch_size=2, max_batches=1)
 
@@ -287,7 +287,7 @@ def test_text_and_tokenizer_json_feed_a_model(tmp_path):
 
 
 def test_metrics_files_read_a_study_archive_like_the_run(tmp_path):
-    from jreg_lightning.analysis.loading import metrics_files
+    from jreg_tools.analysis.loading import metrics_files
 
     for version in (0, 1, 10):
         (tmp_path / "run" / "logs" / f"version_{version}").mkdir(parents=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jreg_lightning.cli import main
+from jreg_tools.cli import main
 from tests.cli_run import checkpoint_callback
 from tests.conftest import TINY_LLAMA
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from jreg_lightning.analysis.command import analyze
-from jreg_lightning.analysis.text import DocumentCounts, encode_documents
+from jreg_tools.analysis.command import analyze
+from jreg_tools.analysis.text import DocumentCounts, encode_documents
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "log", "ran", "far", "away"]
 MAX_LENGTH = 24

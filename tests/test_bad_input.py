@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from jreg_lightning.cli import main
+from jreg_tools.cli import main
 from tests.conftest import TINY_LLAMA
 
 

@@ -9,10 +9,10 @@ from unittest import mock
 import pytest
 import yaml
 
-from jreg_lightning.cli import JregCLI
 from jreg_lightning.model_config import LlamaModelConfig
 from jreg_lightning.optim import OptimConfig
 from jreg_lightning.regularizer import JregConfig, JumpRegularizer
+from jreg_tools.cli import JregToolsCLI as JregCLI
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Study files (``configs/study/cpu.yaml``) list runs of a base fit config; they are
@@ -79,7 +79,7 @@ def _settings(path: Path) -> dict:
 
 
 def test_study_files_load():
-    from jreg_lightning.study.spec import load_study
+    from jreg_tools.study.spec import load_study
 
     assert STUDY_FILES, "configs/study/ ships at least the CPU study"
     for path in STUDY_FILES:

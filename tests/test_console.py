@@ -8,8 +8,8 @@ from unittest import mock
 
 import pytest
 
-from jreg_lightning.cli import JregCLI
 from jreg_lightning.console import WARNING_FILTERS, quiet_console
+from jreg_tools.cli import JregToolsCLI as JregCLI
 from tests.cli_run import run_cli, tiny_override
 
 # Each was printed by a short fit before jreg_lightning/console.py (issues 14 and 15).

@@ -21,7 +21,7 @@ import lightning as L
 import pytest
 import yaml
 
-from jreg_lightning.data.batch_log import read_batch_log, sequence_fingerprints
+from jreg_tools.data.batch_log import read_batch_log, sequence_fingerprints
 from tests.cli_run import checkpoint_callback
 from tests.conftest import TINY_LLAMA
 from tests.corpora import prepare_small, write_corpus
@@ -42,7 +42,7 @@ def small_shards(tmp_path_factory):
 def _override(path: Path, run: Path, data_dir: Path, steps: int, **trainer) -> Path:
     callbacks = [
         {
-            "class_path": "jreg_lightning.data.batch_log.BatchLog",
+            "class_path": "jreg_tools.data.batch_log.BatchLog",
             "init_args": {"folder": str(run / "batches")},
         },
         checkpoint_callback(run / "checkpoints", every_n_train_steps=STOP, save_top_k=-1),
@@ -81,7 +81,7 @@ def _assert_same_from_resume(uninterrupted: list[dict], resumed: list[dict], ste
 
 @pytest.mark.slow
 def test_single_process_resume_continues_with_the_same_batches(small_shards, tmp_path):
-    from jreg_lightning.cli import main
+    from jreg_tools.cli import main
 
     steps = 20
     base = ["fit", "--config", str(REPO / "configs" / "tiny_jreg.yaml"), "--config"]
@@ -181,7 +181,7 @@ def _extend_config(path: Path, run: Path, data_dir: Path, steps: int) -> Path:
 def test_extending_a_finished_run_continues_its_epoch_like_an_uninterrupted_run(
     small_shards, tmp_path
 ):
-    from jreg_lightning.cli import main
+    from jreg_tools.cli import main
 
     steps, first = 20, 7
     base = ["fit", "--config", str(REPO / "configs" / "tiny_jreg.yaml"), "--config"]

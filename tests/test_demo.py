@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jreg_lightning.data.demo_corpus import write_demo_corpus
+from jreg_tools.data.demo_corpus import write_demo_corpus
 from tests.studies import tiny_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,8 +35,8 @@ def test_study_corpus_is_the_standard_library_source(tmp_path):
 
 
 def test_shipped_demo_file_is_the_study_model_shortened():
-    from jreg_lightning.study.runner import run_config
-    from jreg_lightning.study.spec import load_study
+    from jreg_tools.study.runner import run_config
+    from jreg_tools.study.spec import load_study
 
     demo, study = (
         load_study(REPO / "configs/study/demo.yaml"),
@@ -57,7 +57,7 @@ def test_shipped_demo_file_is_the_study_model_shortened():
 
 @pytest.mark.slow
 def test_demo_trains_both_runs_and_prints_them_side_by_side(tmp_path, capsys, monkeypatch):
-    from jreg_lightning.demo import demo
+    from jreg_tools.demo import demo
 
     monkeypatch.chdir(REPO)
     config = tiny_study(tmp_path)
@@ -96,7 +96,7 @@ def _final(j: float, j_late: float, loss: float, argmax: int = 12) -> dict:
 
 
 def test_demo_verdict_is_one_sentence_from_the_numbers():
-    from jreg_lightning.study.verdict import one_sentence
+    from jreg_tools.study.verdict import one_sentence
 
     sentence = one_sentence(_final(2.6, 2.7, 3.95), _final(0.5, 0.52, 3.93))
     assert sentence.startswith(

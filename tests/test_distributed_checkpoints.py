@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from jreg_lightning.checkpoints import consolidate, load_full_state_dict
-from jreg_lightning.commands import run_extra_command
+from jreg_lightning.checkpoints import load_full_state_dict
+from jreg_tools.commands import run_extra_command
+from jreg_tools.consolidate import consolidate
 
 
 def _weights() -> dict[str, torch.Tensor]:

@@ -14,10 +14,10 @@ import pytest
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from jreg_lightning.cli import JregCLI
 from jreg_lightning.errors import ConfigError
 from jreg_lightning.model_config import LlamaModelConfig, build_llama
 from jreg_lightning.strategy import FSDP2Strategy, data_parallel_size
+from jreg_tools.cli import JregToolsCLI as JregCLI
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -23,6 +23,7 @@ from jreg_lightning.errors import (
     OutputExistsError,
     reported_error,
 )
+from jreg_tools import cli as tools_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,7 @@ def parse_shape(args: list[str]) -> None:
 
 def run_main(monkeypatch, dispatch) -> None:
     monkeypatch.delenv("JREG_TRACEBACK", raising=False)
-    monkeypatch.setattr(cli, "_dispatch", lambda argv: dispatch())
+    monkeypatch.setattr(cli, "_dispatch", lambda *args: dispatch())
     cli.main([])
 
 
@@ -116,14 +117,14 @@ def test_a_bug_while_handling_a_project_error_keeps_its_traceback(monkeypatch):
 def test_argument_error_prints_one_line(monkeypatch, capsys):
     monkeypatch.delenv("JREG_TRACEBACK", raising=False)
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["prepare", "--inputs=corpus.txt", "--vocab_size=lots"])
+        tools_cli.main(["prepare", "--inputs=corpus.txt", "--vocab_size=lots"])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: vocab_size:") and err.count("\n") == 1, err
 
 
 def test_traceback_env_shows_the_project_error_itself(monkeypatch):
-    monkeypatch.setattr(cli, "_dispatch", lambda argv: parse_shape(["--shape.width=3"]))
+    monkeypatch.setattr(cli, "_dispatch", lambda *args: parse_shape(["--shape.width=3"]))
     monkeypatch.setenv("JREG_TRACEBACK", "1")
     with pytest.raises(ValueError) as caught:
         cli.main([])
@@ -152,7 +153,7 @@ def test_unpickling_a_checkpoint_becomes_a_project_error_naming_the_file(tmp_pat
 def test_a_bug_exits_non_zero_with_its_traceback():
     script = (
         "import jreg_lightning.cli as cli\n"
-        "def broken(argv):\n"
+        "def broken(*args):\n"
         "    raise ValueError('an internal invariant broke')\n"
         "cli._dispatch = broken\n"
         "cli.main([])\n"

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from jreg_lightning.data.datamodule import TokenShardDataModule
-from jreg_lightning.evaluation.compare import compare
-from jreg_lightning.evaluation.evaluate import evaluate
-from jreg_lightning.evaluation.models import load_eval_model
-from jreg_lightning.evaluation.perplexity import measure_perplexity, perplexity
-from jreg_lightning.evaluation.scorer import encode_pair, score_task
-from jreg_lightning.evaluation.tasks import load_task
-from jreg_lightning.export import export
 from jreg_lightning.module import JregLightningModule
+from jreg_tools.evaluation.compare import compare
+from jreg_tools.evaluation.evaluate import evaluate
+from jreg_tools.evaluation.models import load_eval_model
+from jreg_tools.evaluation.perplexity import measure_perplexity, perplexity
+from jreg_tools.evaluation.scorer import encode_pair, score_task
+from jreg_tools.evaluation.tasks import load_task
+from jreg_tools.export import export
 from tests.conftest import TINY_LLAMA
 from tests.exported_model import write_module_checkpoint, write_tokenizer
 from tests.tiny_fit import quiet_trainer
@@ -207,7 +207,7 @@ def test_bad_inputs_fail_in_one_line(hf_folder, checkpoint, tmp_path):
      ("compare", "--models")],
 )  # fmt: skip
 def test_commands_have_help(command, option, capsys):
-    from jreg_lightning.cli import main
+    from jreg_tools.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

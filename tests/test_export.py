@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from jreg_lightning.checkpoints import load_checkpoint_model
 from jreg_lightning.data.tokenizer import EOS_TOKEN as EOS
-from jreg_lightning.export import export
 from jreg_lightning.module import JregLightningModule
+from jreg_tools.export import export
 from tests.conftest import TINY_LLAMA
 from tests.exported_model import write_checkpoint, write_module_checkpoint, write_tokenizer
 
@@ -131,7 +131,7 @@ def test_distributed_checkpoint_folder_exports_like_a_single_file(tokenizer_file
 
 
 def test_export_command_writes_bfloat16(tokenizer_file, tmp_path):
-    from jreg_lightning.cli import main
+    from jreg_tools.cli import main
 
     checkpoint = write_module_checkpoint(tmp_path / "m.ckpt")
     out = tmp_path / "hf16"

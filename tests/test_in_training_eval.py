@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from jreg_lightning.errors import ConfigError
-from jreg_lightning.evaluation.in_training import HeldOutEvaluation
+from jreg_tools.evaluation.in_training import HeldOutEvaluation
 from tests.cli_run import REPO, fit_tiny, logged_metric, tiny_override
 
 VAL_TOKENS = 8 * 330 // 33 * 32  # tests/shards.py: 8 val documents of 330 tokens, seq_len 32

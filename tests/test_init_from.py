@@ -12,9 +12,9 @@ import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from jreg_lightning.errors import ConfigError
-from jreg_lightning.export import export
 from jreg_lightning.module import JregLightningModule
 from jreg_lightning.pretrained import check_data_tokenizer
+from jreg_tools.export import export
 from tests.cli_run import run_cli, tiny_override
 from tests.exported_model import write_tokenizer
 from tests.tiny_fit import quiet_trainer

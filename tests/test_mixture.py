@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import yaml
 
-from jreg_lightning.data.batch_log import read_batch_log
 from jreg_lightning.data.mixture import DataSource, check_sources, source_of_batch
 from jreg_lightning.errors import ConfigError
+from jreg_tools.data.batch_log import read_batch_log
 from tests.cli_run import checkpoint_callback
 from tests.conftest import TINY_LLAMA
 from tests.corpora import prepare_small, write_corpus
@@ -71,7 +71,7 @@ def test_draws_follow_the_weights_and_depend_only_on_seed_and_index():
 
 def _config(path: Path, run: Path, sources: dict[str, Path], weights: dict, steps: int) -> Path:
     callbacks = [
-        {"class_path": "jreg_lightning.data.batch_log.BatchLog",
+        {"class_path": "jreg_tools.data.batch_log.BatchLog",
          "init_args": {"folder": str(run / "batches")}},
         checkpoint_callback(run / "checkpoints", every_n_train_steps=STOP, save_top_k=-1),
     ]  # fmt: skip
@@ -125,7 +125,7 @@ def _find(tree, key):
 def test_resume_after_the_small_source_went_round_is_exact(sources, tmp_path):
     import torch
 
-    from jreg_lightning.cli import main
+    from jreg_tools.cli import main
 
     weights = {"big": 1.0, "small": 3.0}
     base = ["fit", "--config", str(REPO / "configs" / "tiny_jreg.yaml"), "--config"]
@@ -151,7 +151,7 @@ def test_resume_after_the_small_source_went_round_is_exact(sources, tmp_path):
         assert float(row["val/loss"]) == pytest.approx(0.25 * big + 0.75 * small, rel=1e-5)
         assert math.isfinite(float(row["val/small/psi/layer_01"]))
     # The analysis readers read each source's series by name.
-    from jreg_lightning.analysis.run_logs import read_logged_series
+    from jreg_tools.analysis.run_logs import read_logged_series
 
     small_series = read_logged_series(tmp_path / "a", "val/small")
     assert small_series["steps"] and small_series["loss"][0] == float(val[0]["val/small/loss"])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from jreg_lightning.cli import main
+from jreg_tools.cli import main
 from tests.corpora import write_corpus
 from tests.s3_server import start_s3_server
 from tests.test_reliability_resume import run_kill_and_resume
@@ -208,7 +208,7 @@ def test_refused_credentials_give_one_line(tmp_path, capfd, monkeypatch):
 
 
 def test_analysis_readers_take_the_url(s3_shards):
-    from jreg_lightning.analysis.text import shard_batches, shard_vocab_size
+    from jreg_tools.analysis.text import shard_batches, shard_vocab_size
 
     url, local = s3_shards
     assert shard_vocab_size(url) == shard_vocab_size(local) is not None

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jreg_lightning.cli import main
 from jreg_lightning.errors import ConfigError
 from jreg_lightning.model_config import LlamaModelConfig, build_llama
 from jreg_lightning.module import JregLightningModule
 from jreg_lightning.parallelize import ParallelConfig
-from jreg_lightning.plan import activation_bytes, count_parameters, make_plan, plan
+from jreg_tools.cli import main
+from jreg_tools.plan import activation_bytes, count_parameters, make_plan, plan
 
 SMALL = LlamaModelConfig(
     vocab_size=1001,

@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from jreg_lightning.data.shard_meta import chunk_tokens, read_index, token_dtype
-from jreg_lightning.data.sources import read_documents, scan_inputs
+from jreg_tools.data.sources import read_documents, scan_inputs
 from tests.corpora import prepare_small, split_tokens, write_corpus
 
 
@@ -63,7 +63,7 @@ def test_prepare_writes_shards_tokenizer_and_meta(prepared):
 
 def _train_ids(scan) -> set[int]:
     """The document numbers prepare put in train (re-derived as prepare does, seed 42)."""
-    from jreg_lightning.data.prepare import _held_out
+    from jreg_tools.data.prepare import _held_out
 
     held = _held_out(scan.num_documents, 0.01, 6, 42)
     return {i for i in range(scan.num_documents) if i not in held}

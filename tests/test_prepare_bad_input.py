@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jreg_lightning.data.prepare import prepare
+from jreg_tools.data.prepare import prepare
 from tests.corpora import write_corpus
 
 

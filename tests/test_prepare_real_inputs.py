@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from tokenizers import processors
 
-from jreg_lightning.data import prepare as prepare_module
-from jreg_lightning.data.prepare import prepare
+from jreg_tools.data import prepare as prepare_module
 from jreg_lightning.data.tokenizer import (
     encode_texts,
     load_encoder,
@@ -20,6 +19,7 @@ from jreg_lightning.data.tokenizer import (
     load_tokenizer,
     train_byte_level_bpe,
 )
+from jreg_tools.data.prepare import prepare
 from tests.corpora import documents_of, split_tokens, write_corpus
 
 SETTINGS = {"vocab_size": 300, "seq_len": 32, "val_documents": 4, "num_workers": 2}
@@ -81,7 +81,7 @@ def test_released_tokenizer_loses_and_adds_no_token(tmp_path):
 
 
 def test_analyze_text_batches_keep_every_token(tmp_path):
-    from jreg_lightning.analysis.text import text_batches
+    from jreg_tools.analysis.text import text_batches
 
     texts = write_corpus(tmp_path / "docs.jsonl", documents=30, words=(40, 80))
     folder = released_style_tokenizer(tmp_path / "released", texts)

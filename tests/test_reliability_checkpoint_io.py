@@ -82,7 +82,7 @@ def test_saved_file_has_the_usual_permissions(tmp_path):
 
 
 def test_the_cli_saves_through_atomic_checkpoint_io(tmp_path, token_shards):
-    from jreg_lightning.cli import JregCLI
+    from jreg_tools.cli import JregToolsCLI as JregCLI
 
     override = tmp_path / "override.yaml"
     override.write_text(

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from jreg_lightning.cli import main
 from jreg_lightning.nonfinite import NonFiniteGuard
+from jreg_tools.cli import main
 from tests.reliability_probe import write_fit_override
 
 

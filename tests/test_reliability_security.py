@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from jreg_lightning.cli import main
+from jreg_tools.cli import main
 from tests.conftest import TINY_LLAMA
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,8 @@ def malicious(tmp_path, monkeypatch):
 
 def project_loaders():
     from jreg_lightning import checkpoints
-    from jreg_lightning.analysis import loading
+    from jreg_tools import consolidate
+    from jreg_tools.analysis import loading
 
     return {
         "safe_torch_load": checkpoints.safe_torch_load,
@@ -60,7 +61,7 @@ def project_loaders():
         "read_hyperparameters": checkpoints.read_hyperparameters,
         "load_full_state_dict": checkpoints.load_full_state_dict,
         "load_checkpoint_model": checkpoints.load_checkpoint_model,
-        "consolidate": lambda path: checkpoints.consolidate(path, path.with_name("out.ckpt")),
+        "consolidate": lambda path: consolidate.consolidate(path, path.with_name("out.ckpt")),
         "analysis.checkpoint_step": loading.checkpoint_step,
     }
 
@@ -151,8 +152,8 @@ def tiny_hf_config(**extra) -> dict:
 
 
 def test_hf_folders_with_pickled_weights_are_not_unpickled(tmp_path, monkeypatch):
-    from jreg_lightning.analysis.loading import load_hf_model
-    from jreg_lightning.evaluation.models import load_eval_model
+    from jreg_tools.analysis.loading import load_hf_model
+    from jreg_tools.evaluation.models import load_eval_model
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     folder = tmp_path / "model"
@@ -167,9 +168,9 @@ def test_hf_folders_with_pickled_weights_are_not_unpickled(tmp_path, monkeypatch
 
 
 def test_model_folders_with_custom_code_are_not_imported(tmp_path):
-    from jreg_lightning.analysis.loading import load_hf_model
     from jreg_lightning.data.tokenizer import load_hf_tokenizer, load_tokenizer
-    from jreg_lightning.evaluation.models import load_eval_model
+    from jreg_tools.analysis.loading import load_hf_model
+    from jreg_tools.evaluation.models import load_eval_model
 
     folder = tmp_path / "model"
     folder.mkdir()

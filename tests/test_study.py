@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jreg_lightning.commands import run_extra_command
-from jreg_lightning.study.command import QUICK_OVERRIDES, quick_spec, study
-from jreg_lightning.study.runner import train_study
-from jreg_lightning.study.spec import load_study
-from jreg_lightning.study.verdict import _final_scheme_sentence, run_metrics, verdict
+from jreg_tools.commands import run_extra_command
+from jreg_tools.study.command import QUICK_OVERRIDES, quick_spec, study
+from jreg_tools.study.runner import train_study
+from jreg_tools.study.spec import load_study
+from jreg_tools.study.verdict import _final_scheme_sentence, run_metrics, verdict
 from tests.studies import tiny_study
 
 
@@ -97,7 +97,7 @@ def test_run_metrics_reads_the_profile():
 
 
 def test_readme_section_between_the_markers_is_replaced(tmp_path):
-    from jreg_lightning.study.report import update_readme
+    from jreg_tools.study.report import update_readme
 
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\nrest\n")
@@ -182,8 +182,8 @@ def test_final_scheme_sentence_reads_block_l_minus_1_absolute_and_relative(
 
 
 def test_a_fit_killed_before_it_recorded_its_time_shows_as_a_lower_bound(tmp_path):
-    from jreg_lightning.study.report import fit_times
-    from jreg_lightning.study.runner import unrecorded_attempts
+    from jreg_tools.study.report import fit_times
+    from jreg_tools.study.runner import unrecorded_attempts
 
     for version in ("version_0", "version_1"):
         (tmp_path / "logs" / version).mkdir(parents=True)

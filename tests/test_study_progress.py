@@ -12,8 +12,8 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from rich.console import Console
 
-from jreg_lightning.study.live import RunBoard
-from jreg_lightning.study.progress import ProgressFile, RunProgress, eta_seconds, read_progress
+from jreg_tools.study.live import RunBoard
+from jreg_tools.study.progress import ProgressFile, RunProgress, eta_seconds, read_progress
 
 
 def _trainer(step: int, **metrics: float) -> SimpleNamespace:

@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from jreg_lightning.study.report import corpus_name, readme_summary
-from jreg_lightning.study.seeds import seed_groups, seed_stats
-from jreg_lightning.study.spec import RunSpec, load_study
-from jreg_lightning.study.verdict import (
+from jreg_tools.study.report import corpus_name, readme_summary
+from jreg_tools.study.seeds import seed_groups, seed_stats
+from jreg_tools.study.spec import RunSpec, load_study
+from jreg_tools.study.verdict import (
     METRICS,
     _early_exit_sentence,
     setting_stats,
@@ -155,7 +155,7 @@ def test_the_corpus_is_named_from_the_data_the_study_used(tmp_path):
 
 
 def test_j_vs_step_draws_no_two_runs_alike_and_the_baselines_heavier(tmp_path):
-    from jreg_lightning.analysis.plots import line_styles, plot_jump_over_steps
+    from jreg_tools.analysis.plots import line_styles, plot_jump_over_steps
 
     spec = load_study(REPO / "configs/study/cpu.yaml")
     names = [run.name for run in spec.runs]

@@ -148,8 +148,8 @@ def test_tensorboard_layout_puts_every_layer_of_a_stage_in_one_chart():
 
 
 def test_study_runs_log_to_one_experiment_tagged_with_lam_weights_and_seed(tmp_path, monkeypatch):
-    from jreg_lightning.study.runner import run_config
-    from jreg_lightning.study.spec import load_study
+    from jreg_tools.study.runner import run_config
+    from jreg_tools.study.spec import load_study
     from tests.studies import tiny_study
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
