@@ -1,15 +1,32 @@
 """jreg-lightning command line: ``python cli.py {fit,validate,test,...} --config ...``.
 
-With ``jreg_tools`` deleted (a fork that keeps only the training core) it still
-runs fit / validate / test.
+``--help`` lists the commands without importing torch. With ``jreg_tools`` deleted
+(a fork that keeps only the training core) fit / validate / test still run.
 """
 
+import sys
+
+from jreg_lightning.usage import usage, wants_usage
+
 try:
-    from jreg_tools.cli import main
+    from jreg_tools.commands import SUMMARIES
 except ModuleNotFoundError as err:
     if err.name != "jreg_tools":
         raise
-    from jreg_lightning.cli import main
+    SUMMARIES = {}
+
+
+def main() -> None:
+    """Print the command list, or run the command (the tools' CLI when they are installed)."""
+    if wants_usage(sys.argv[1:]):
+        print(usage(SUMMARIES))
+        raise SystemExit(0 if sys.argv[1:] else 2)
+    if SUMMARIES:
+        from jreg_tools.cli import main as run
+    else:
+        from jreg_lightning.cli import main as run
+    run()
+
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from argparse import ArgumentError
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -23,11 +24,18 @@ from jreg_lightning.checkpoints import AtomicCheckpointIO, read_checkpoint_meta
 from jreg_lightning.console import quiet_callbacks, quiet_console
 from jreg_lightning.data.datamodule import STAGE_SPLITS, TokenShardDataModule
 from jreg_lightning.data.mixture import SourceShares
-from jreg_lightning.errors import TRACEBACK_ENV, one_line, reported_error
+from jreg_lightning.errors import (
+    TRACEBACK_ENV,
+    ConfigError,
+    one_line,
+    reported_error,
+    unknown_key_message,
+)
 from jreg_lightning.module import JregLightningModule
 from jreg_lightning.optim import check_max_steps
 from jreg_lightning.profile_report import ProfileReport
 from jreg_lightning.tracking import ConfigArtifact, ProfileTracking
+from jreg_lightning.usage import usage, wants_usage
 
 # In a logger's save_dir or a checkpoint's dirpath: the run directory, trainer.default_root_dir.
 RUN_DIR = "{run}"
@@ -37,6 +45,8 @@ class JregCLI(LightningCLI):
     """LightningCLI for this project: the module and data module are fixed classes."""
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
+        # Each subcommand's parser, for the unknown-key message (its dotted keys).
+        self.subcommand_parsers: dict[str, LightningArgumentParser] = {}
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         # config.yaml goes to the log folder and, as a file, to W&B / MLflow / TensorBoard.
         kwargs.setdefault("save_config_callback", ConfigArtifact)
@@ -52,6 +62,13 @@ class JregCLI(LightningCLI):
         for subcommand in STAGE_SPLITS:
             parser_kwargs.setdefault(subcommand, {}).setdefault("exit_on_error", False)
         super().__init__(JregLightningModule, TokenShardDataModule, args=args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """LightningCLI's subcommands without ``predict`` (the module has no predict step)."""
+        return {
+            name: args for name, args in LightningCLI.subcommands().items() if name != "predict"
+        }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """``global_batch_size`` (optional) and ``tracking.*``.
@@ -75,10 +92,19 @@ class JregCLI(LightningCLI):
         are given: ``main(argv)`` passes its words on purpose (the demo, tests), and
         the warning would quote the caller's own command line to the user.
         """
-        if isinstance(args, dict | Namespace):
-            self.config = parser.parse_object(args)
-        else:
-            self.config = parser.parse_args(args)
+        try:
+            if isinstance(args, dict | Namespace):
+                self.config = parser.parse_object(args)
+            else:
+                self.config = parser.parse_args(args)
+        except ArgumentError as err:
+            words = list(sys.argv[1:] if args is None else args)
+            subcommand = next((w for w in words if w in self.subcommand_parsers), None)
+            known = self.subcommand_parsers[subcommand].get_defaults().keys() if subcommand else []
+            message = unknown_key_message(err, known)
+            if message is None:
+                raise
+            raise ConfigError(message) from err
 
     def before_instantiate_classes(self) -> None:
         """Logger ``save_dir`` and checkpoint ``dirpath`` follow ``trainer.default_root_dir``."""
@@ -99,6 +125,7 @@ class JregCLI(LightningCLI):
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
         # Loading a checkpoint never unpickles code unless --weights_only false is given.
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        self.subcommand_parsers[subcommand] = parser
         if "weights_only" in self._subcommand_method_arguments[subcommand]:
             parser.set_defaults(weights_only=True)
         return parser
@@ -175,10 +202,12 @@ def main(
     argv: Sequence[str] | None = None,
     cli_class: type[JregCLI] = JregCLI,
     commands: Mapping[str, Command] | None = None,
+    summaries: Mapping[str, str] | None = None,
 ) -> None:
     """Run ``cli.py``; bad input ends with one ``error: ...`` line on stderr and exit code 1.
 
-    ``cli_class`` and ``commands`` let ``jreg_tools.cli`` add its callbacks and commands.
+    ``cli_class``, ``commands`` and their ``summaries`` (one line each for ``--help``)
+    let ``jreg_tools.cli`` add its callbacks and commands.
 
     The project's errors (``JregError``: a config field, a path, a data file, a
     checkpoint, named with the fix) and the argument parser's are printed as one
@@ -187,7 +216,7 @@ def main(
     """
     quiet_console()
     try:
-        _dispatch(argv, cli_class, commands or {})
+        _dispatch(argv, cli_class, commands or {}, summaries or {})
     except Exception as err:
         if reported_error(err) is None or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise
@@ -247,13 +276,19 @@ def _is_subclass(class_path: str, base: type) -> bool:
 
 
 def _dispatch(
-    argv: Sequence[str] | None, cli_class: type[JregCLI], commands: Mapping[str, Command]
+    argv: Sequence[str] | None,
+    cli_class: type[JregCLI],
+    commands: Mapping[str, Command],
+    summaries: Mapping[str, str],
 ) -> None:
     words = list(sys.argv[1:] if argv is None else argv)
     if words and words[0] in commands:
         commands[words[0]](words[1:])
         return
-    if words and words[0] in ("-h", "--help") and commands:
-        print("Project commands: " + ", ".join(sorted(commands)) + " (each takes --help)\n")
+    if wants_usage(words):
+        print(usage(summaries))
+        if not words:
+            raise SystemExit(2)
+        return
     # LightningCLI reads sys.argv itself; passing args too only triggers a warning.
     cli_class(args=None if argv is None else words)

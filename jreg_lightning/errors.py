@@ -11,8 +11,12 @@ callers keep working.
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import re
 from argparse import ArgumentError
+from collections.abc import Iterable
 
 # The environment variable that makes ``cli.py`` show full tracebacks.
 TRACEBACK_ENV = "JREG_TRACEBACK"
@@ -98,6 +102,96 @@ def _parser_message(message: str) -> str:
     return f"{'.'.join(keys)}: {detail}".strip()
 
 
+_UNKNOWN_KEY_PATTERNS = (
+    re.compile(r"Option '(?P<key>[^']+)' is not accepted"),
+    re.compile(r"Group '(?P<group>[^']+)' does not accept option '(?P<key>[^']+)'"),
+    re.compile(r"[Uu]nrecognized arguments: (?P<args>.+)"),
+)
+
+
+def _cause_chain(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not link for link in chain):
+        chain.append(current)
+        current = current.__cause__
+    return chain
+
+
+def _accepted_names(class_path: str) -> list[str]:
+    """The keyword arguments a class takes (a dataclass's fields), or [] if it cannot be read."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        parameters = inspect.signature(cls).parameters.values()
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [p.name for p in parameters if p.kind not in kinds]
+
+
+def unknown_key_message(error: BaseException, known_keys: Iterable[str] = ()) -> str | None:
+    """``model.jreg.lamb: unknown key; did you mean 'lam'? ...`` for a parser error, else None.
+
+    jsonargparse reports an unknown key inside a nested config at the outermost
+    level as "Does not validate against any of the Union subtypes"; the key itself is
+    only in the innermost cause. This finds it, the key path it sits under, and the
+    closest accepted name: among the fields of the class the cause names (a nested
+    dataclass or a callback's ``class_path``), else among ``known_keys`` (the
+    parser's dotted keys).
+    """
+    chain = _cause_chain(error)
+    texts = [str(link) for link in chain]
+    found = None
+    for text in reversed(texts):  # innermost first
+        for pattern in _UNKNOWN_KEY_PATTERNS:
+            found = pattern.search(text)
+            if found:
+                break
+        if found:
+            break
+    if found is None:
+        return None
+    groups = found.groupdict()
+    if groups.get("args"):
+        words = [w for w in groups["args"].split() if w.startswith("-")]
+        if not words:
+            return None
+        key = words[0].lstrip("-").split("=", 1)[0]
+    else:
+        key = groups["key"]
+    outer = next((m.group(1) for t in texts if (m := re.match(r'Parser key "([^"]+)"', t))), None)
+    class_path = next(
+        (m.group(1) for t in reversed(texts) if (m := re.search(r"class_path '([\w.]+)'", t))),
+        None,
+    )
+    prefix = groups.get("group") or outer
+    full_key = f"{prefix}.{key}" if prefix and not key.startswith(f"{prefix}.") else key
+    if class_path and (accepted := _accepted_names(class_path)):
+        best = _closest(key, accepted)
+        owner = class_path.rpartition(".")[2]
+        hint = f"; did you mean '{best}'?" if best else ""
+        return f"{full_key}: unknown key{hint} ({owner} accepts: {', '.join(accepted)})"
+    head = full_key.rpartition(".")[0]
+    siblings = [k.rpartition(".")[2] for k in known_keys if k.rpartition(".")[0] == head]
+    best = _closest(full_key.rpartition(".")[2], siblings)
+    if best:
+        return f"{full_key}: unknown key; did you mean --{f'{head}.' if head else ''}{best}?"
+    if head and 0 < len(siblings) <= 12:
+        return f"{full_key}: unknown key ({head} accepts: {', '.join(siblings)})"
+    return f"{full_key}: unknown key; see --help for the accepted keys"
+
+
+def _closest(key: str, candidates: list[str]) -> str | None:
+    """The candidate spelled most like ``key``, or the one ``key``'s initials spell
+    (``learning_rate`` -> ``lr``); None when nothing is close."""
+    best = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if best:
+        return best[0]
+    initials = "".join(part[0] for part in key.split("_") if part)
+    return next((c for c in candidates if c == initials), None)
+
+
 def one_line(error: BaseException) -> str:
     """``error: <message>`` on one line, for an error that ``reported_error`` finds.
 
@@ -108,6 +202,7 @@ def one_line(error: BaseException) -> str:
     if reported is None:
         raise ValueError(f"{type(error).__name__} is not a reported error; keep its traceback")
     if isinstance(reported, ArgumentError):  # the outermost report carries the key path
-        return f"error: {_parser_message(str(reported))}"
+        unknown = unknown_key_message(reported)
+        return f"error: {unknown or _parser_message(str(reported))}"
     message = " ".join(str(reported).split()) or type(reported).__name__
     return f"error: {message}"

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from lightning.pytorch.cli import LightningArgumentParser
 
 from jreg_lightning import cli as core_cli
-from jreg_tools.commands import EXTRA_COMMANDS, run_extra_command
+from jreg_tools.commands import EXTRA_COMMANDS, SUMMARIES, run_extra_command
 from jreg_tools.evaluation.in_training import HeldOutEvaluation
 
 
@@ -29,4 +29,4 @@ class JregToolsCLI(core_cli.JregCLI):
 def main(argv: Sequence[str] | None = None) -> None:
     """Run ``cli.py`` with every command; see ``jreg_lightning.cli.main``."""
     commands = {name: functools.partial(run_extra_command, name) for name in EXTRA_COMMANDS}
-    core_cli.main(argv, cli_class=JregToolsCLI, commands=commands)
+    core_cli.main(argv, cli_class=JregToolsCLI, commands=commands, summaries=SUMMARIES)

@@ -26,6 +26,21 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# One line each for ``cli.py --help`` (read without importing the commands' modules).
+SUMMARIES: dict[str, str] = {
+    "analyze": "layer profiles, J and early-exit losses of checkpoints or models, with pictures",
+    "compare": "perplexity and task scores of several models side by side",
+    "consolidate": "merge a sharded FSDP2 checkpoint folder into one file",
+    "demo": "a baseline and a JREG model trained on CPU in minutes, profiles compared",
+    "evaluate": "downstream task scores of one model (built-in scorer or lm-eval)",
+    "export": "a checkpoint as a Hugging Face model folder (safetensors + tokenizer)",
+    "perplexity": "held-out perplexity and J of one model on prepared data",
+    "plan": "memory, throughput and time of a config on a cluster, before running it",
+    "prepare": "text (jsonl, txt, parquet, .zst, ...) -> tokenizer and token shards",
+    "study": "train a set of runs (baselines, JREG settings, seeds), then the report",
+}
+
+
 # jsonargparse's auto_cli keeps ``--config`` for its own config-file option, so a
 # command whose input is a config file names that parameter ``config_file`` and
 # the command line spells it ``--config`` like fit and validate.

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from tokenizers import processors
 
-from jreg_tools.data import prepare as prepare_module
 from jreg_lightning.data.tokenizer import (
     encode_texts,
     load_encoder,
@@ -19,6 +18,7 @@ from jreg_lightning.data.tokenizer import (
     load_tokenizer,
     train_byte_level_bpe,
 )
+from jreg_tools.data import prepare as prepare_module
 from jreg_tools.data.prepare import prepare
 from tests.corpora import documents_of, split_tokens, write_corpus
 
