@@ -124,7 +124,7 @@ def test_verdict_says_how_many_seeds_show_the_jump(tmp_path, j_values, sentence)
     baselines = [spec.run("baseline_s1"), dataclasses.replace(spec.run("baseline_s1"), name="s2")]
     spec = dataclasses.replace(spec, runs=baselines, baselines=["baseline_s1", "s2"])
     metrics = {
-        run.name: {"J": j, "J_late": j, "argmax": 4, "blocks": 4}
+        run.name: {"J": j, "J_late": j, "argmax": 4, "blocks": 4, "psi_middle": 0.01}
         for run, j in zip(baselines, j_values, strict=True)
     }
     mean = sum(j_values) / 2

@@ -16,6 +16,9 @@ import math
 
 from jreg_tools.study.spec import RunSpec, StudySpec
 
+# A spread needs two values: below this many seeds a setting's spread is unknown.
+MIN_SEEDS = 2
+
 
 def setting_key(run: RunSpec) -> str:
     """The run's settings without its name and seed: equal keys mean seeds of one setting."""
@@ -46,14 +49,14 @@ def group_of(groups: dict[str, list[str]], name: str) -> str | None:
 def seed_stats(metrics: dict[str, dict], names: list[str], keys: tuple[str, ...]) -> dict:
     """``{key: {"mean", "spread", "values"}}`` over the runs ``names``.
 
-    ``spread`` is the half-range of the values, NaN (unknown) for fewer than 2 runs.
+    ``spread`` is the half-range of the values, NaN (unknown) below ``MIN_SEEDS`` runs.
     """
     stats = {}
     for key in keys:
         values = [metrics[name][key] for name in names]
         stats[key] = {
             "mean": sum(values) / len(values),
-            "spread": (max(values) - min(values)) / 2 if len(values) >= 2 else math.nan,
+            "spread": (max(values) - min(values)) / 2 if len(values) >= MIN_SEEDS else math.nan,
             "values": values,
         }
     return stats
@@ -67,6 +70,11 @@ def noise(reference: dict, other: dict | None = None) -> float:
     """
     extra = other["spread"] if other is not None and not math.isnan(other["spread"]) else 0.0
     return reference["spread"] + extra
+
+
+def pooled(names: list[str]) -> bool:
+    """Whether these seeds have a spread (at least ``MIN_SEEDS`` of them)."""
+    return len(names) >= MIN_SEEDS
 
 
 def known(value: float) -> bool:

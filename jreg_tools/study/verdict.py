@@ -3,8 +3,9 @@
 Each sentence is a rule applied to the numbers of ``result.json`` files, never
 prose written for one study: whether the baselines jump (J above
 ``JUMP_THRESHOLD`` at the last block, or J_late above it with the largest turn
-at block L-1), whether a JREG setting's change beats the seed noise
-(``study.seeds``), and the demo's one-sentence summary.
+at block L-1), whether their middle blocks are idle (``IDLE_MIDDLE_PSI``),
+whether a JREG setting's change beats the seed noise (``study.seeds``), whether
+the middle blocks carry more of the prediction, and the demo's one-sentence summary.
 """
 
 from __future__ import annotations
@@ -12,11 +13,16 @@ from __future__ import annotations
 import math
 import statistics
 
-from jreg_tools.study.seeds import group_of, known, noise, seed_groups, seed_stats
+from jreg_tools.study.seeds import group_of, known, noise, pooled, seed_groups, seed_stats
 from jreg_tools.study.spec import StudySpec
 
+# The report's thresholds, all here (``seeds.MIN_SEEDS``: the seeds a spread needs).
 # A seed "has the jump" when J exceeds this, or J_late does with the largest turn at block L-1.
 JUMP_THRESHOLD = 2.0
+# Middle blocks (2..L-1) whose mean Psi is below this barely turn, so J, a ratio over that
+# mean, is large because they are idle rather than because the last block turns sharply
+# (method.md: 0.0011 in a run that had stopped learning, 0.003-0.012 in runs still learning).
+IDLE_MIDDLE_PSI = 0.002
 METRICS = (
     "loss",
     "ppl",
@@ -115,12 +121,12 @@ def judge(stats: dict, setting: dict) -> dict:
     nothing is ``clear`` or ``cheap``.
     """
     own = setting["stats"]
-    pooled = len(setting["runs"]) >= 2
+    several = pooled(setting["runs"])
     base_j = stats["J"]["mean"]
     change = relative_change(own["J"]["mean"], base_j)
-    j_noise = noise(stats["J"], own["J"] if pooled else None) / base_j if base_j else math.nan
+    j_noise = noise(stats["J"], own["J"] if several else None) / base_j if base_j else math.nan
     loss_delta = own["loss"]["mean"] - stats["loss"]["mean"]
-    loss_noise = noise(stats["loss"], own["loss"] if pooled else None)
+    loss_noise = noise(stats["loss"], own["loss"] if several else None)
     return {
         "J_relative": change,
         "J_noise": j_noise,
@@ -161,29 +167,25 @@ def choose_best(spec: StudySpec, metrics: dict, stats: dict) -> str | None:
 def verdict(
     spec: StudySpec, metrics: dict[str, dict], stats: dict, learning: dict, best: str | None
 ) -> list[str]:
-    """Plain sentences, each from a rule over the numbers (no number typed by hand)."""
+    """Plain sentences, each from a rule over the numbers (no number typed by hand).
+
+    In order: does the baseline jump; are its middle blocks idle (only when they are);
+    each JREG setting against the baselines; the largest clear reduction; each
+    final-block-only run; the early exit of ``best``.
+    """
     baselines = [name for name in spec.baselines if name in metrics]
     lines = [_baseline_sentence(baselines, metrics, learning)]
+    lines += idle_middle_sentences(baselines, metrics, learning)
     settings = setting_stats(spec, metrics)
     for name, setting in settings.items():
         pre_norm = spec.run(name).jreg.get("final_state") == "pre_norm"
         lines.append(_setting_sentence(name, setting, stats, pre_norm))
-    within = _clear_and_cheap(spec, metrics, stats)
-    if within:
-        change, name = within[0]
-        lines.append(
-            f"Largest clear reduction of J at no loss cost beyond the seed noise: `{name}` "
-            f"({change:+.0%})."
+    jumps = sum(jump_place(metrics[name]) is not None for name in baselines)
+    lines.append(
+        reduction_sentence(
+            _clear_and_cheap(spec, metrics, stats), len(settings), stats, len(baselines), jumps
         )
-    elif not known(stats["J"]["spread"]):
-        lines.append(
-            f"The baselines' seed spread is unknown ({len(baselines)} seed): no JREG run's "
-            "change is called clear or free of cost; train more baseline seeds."
-        )
-    else:
-        lines.append(
-            "No JREG run lowered J beyond the seed noise at a loss cost within the seed noise."
-        )
+    )
     for run in spec.runs:
         if run.jreg.get("weights") == "final" and run.name in metrics:
             lines.append(_final_scheme_sentence(run.name, metrics[run.name], stats))
@@ -197,16 +199,8 @@ def _baseline_sentence(names: list[str], metrics: dict, learning: dict) -> str:
     places = {name: jump_place(metrics[name]) for name in names}
     count = sum(place is not None for place in places.values())
     near = [name for name in names if places[name] == "block L-1"]
-    if count == len(names):
-        shows = "shows the jump"
-    elif count:
-        shows = f"shows the jump on {count} of {len(names)} seeds"
-    else:
-        shows = "does not show the jump"
-    if near and len(near) == count:
-        shows += " near the final layer"
-    j_values = ", ".join(f"{metrics[name]['J']:.2f}" for name in names)
-    text = f"The baseline {shows}: J = {j_values}"
+    text = f"The baseline {_jump_seen(count, len(names), bool(near) and len(near) == count)}: "
+    text += "J = " + ", ".join(f"{metrics[name]['J']:.2f}" for name in names)
     if near:
         turns = "; ".join(
             (f"`{name}` " if len(names) > 1 else "")
@@ -219,17 +213,69 @@ def _baseline_sentence(names: list[str], metrics: dict, learning: dict) -> str:
     return (
         f"{text} on {len(names)} seed(s) (a jump: J above {JUMP_THRESHOLD:g}, or J_late above "
         f"{JUMP_THRESHOLD:g} with the largest turn at block L-1), and its validation loss "
-        f"{'was still falling' if learning_all else 'had stopped falling'} at the last validation."
+        f"{_loss_trend(learning_all)} at the last validation."
     )
+
+
+def _jump_seen(count: int, seeds: int, all_near: bool) -> str:
+    """``shows the jump`` (on every seed), ``... on k of n seeds`` or ``does not show the jump``;
+    ``near the final layer`` when every seed that jumps does so at block L-1."""
+    if count == seeds:
+        shows = "shows the jump"
+    elif count:
+        shows = f"shows the jump on {count} of {seeds} seeds"
+    else:
+        return "does not show the jump"
+    return shows + (" near the final layer" if all_near else "")
+
+
+def _loss_trend(learning: bool) -> str:
+    """Whether validation loss fell between the last two validations, in words."""
+    return "was still falling" if learning else "had stopped falling"
+
+
+def idle_middle_sentences(names: list[str], metrics: dict, learning: dict) -> list[str]:
+    """A warning for the baseline seeds that jump with idle middle blocks, or nothing.
+
+    J divides by the middle blocks' mean Psi, so middle blocks that barely turn
+    (mean Psi below ``IDLE_MIDDLE_PSI``) make J large without a sharp last block;
+    a run in that state whose loss has stopped falling is not the paper's
+    phenomenon, which grows over healthy pretraining.
+    """
+    idle = [
+        name
+        for name in names
+        if jump_place(metrics[name]) is not None and metrics[name]["psi_middle"] < IDLE_MIDDLE_PSI
+    ]
+    if not idle:
+        return []
+    seeds = "; ".join(
+        (f"`{name}` " if len(names) > 1 else "")
+        + f"mean Psi mid {metrics[name]['psi_middle']:.5f}, Psi_L {metrics[name]['psi_L']:.5f}, "
+        f"loss {_loss_trend(learning.get(name, False))}"
+        for name in idle
+    )
+    stalled = not all(learning.get(name, False) for name in idle)
+    return [
+        f"Caution: J is a ratio over the middle blocks' turn, and they barely turn in "
+        f"{len(idle)} of {len(names)} baseline seed(s) that jump (mean Psi of blocks 2..L-1 "
+        f"below {IDLE_MIDDLE_PSI:g}: {seeds}): there J reads idle middle blocks more than a "
+        "sharp last block"
+        + (
+            "; a jump in a run whose loss has stopped falling is not the paper's phenomenon, "
+            "which grows over healthy pretraining."
+            if stalled
+            else "."
+        )
+    ]
 
 
 def _setting_sentence(name: str, setting: dict, stats: dict, pre_norm: bool) -> str:
     """One JREG setting (one run, or its seeds pooled) against the baselines."""
     runs = setting["runs"]
-    pooled = len(runs) >= 2
     result = judge(stats, setting)
     own = setting["stats"]
-    if pooled:
+    if pooled(runs):
         head = (
             f"`{name}` over {len(runs)} seeds ({', '.join(f'`{r}`' for r in runs)}): "
             f"J {own['J']['mean']:.2f} ± {own['J']['spread']:.2f}, "
@@ -238,19 +284,10 @@ def _setting_sentence(name: str, setting: dict, stats: dict, pre_norm: bool) -> 
     else:
         head = f"`{name}`: J "
         noise_name = "seed spread"
-    if known(result["J_noise"]):
-        j_text = f"{noise_name} ±{result['J_noise']:.0%}: " + (
-            "a clear change" if result["clear"] else "within the seed noise"
-        )
-        loss_text = f"{noise_name} ±{result['loss_noise']:.4f}: " + (
-            "no cost beyond the noise" if result["cheap"] else "a cost beyond the noise"
-        )
-    else:
-        j_text = "seed spread unknown with one baseline seed: not called clear"
-        loss_text = "seed spread unknown: not called free of cost"
     return (
-        f"{head}{result['J_relative']:+.0%} against the baseline mean ({j_text}), "
-        f"validation loss {result['loss']:+.4f} ({loss_text})"
+        f"{head}{result['J_relative']:+.0%} against the baseline mean "
+        f"({j_change_clause(result, noise_name)}), validation loss {result['loss']:+.4f} "
+        f"({loss_cost_clause(result, noise_name)})"
         + (
             "; its Psi_L and J are measured on the pre-norm final state, the baselines' "
             "on the post-norm one, so they compare only roughly."
@@ -260,11 +297,59 @@ def _setting_sentence(name: str, setting: dict, stats: dict, pre_norm: bool) -> 
     )
 
 
+def j_change_clause(result: dict, noise_name: str) -> str:
+    """A setting's J change (``judge``'s result): clear, within the seed noise, or not called
+    either because the baselines' seed spread is unknown (one baseline seed)."""
+    if not known(result["J_noise"]):
+        return "seed spread unknown with one baseline seed: not called clear"
+    called = "a clear change" if result["clear"] else "within the seed noise"
+    return f"{noise_name} ±{result['J_noise']:.0%}: {called}"
+
+
+def loss_cost_clause(result: dict, noise_name: str) -> str:
+    """A setting's validation-loss change (``judge``'s result): a cost beyond the seed noise,
+    none beyond it, or not called free of cost against an unknown spread."""
+    if not known(result["loss_noise"]):
+        return "seed spread unknown: not called free of cost"
+    called = "no cost beyond the noise" if result["cheap"] else "a cost beyond the noise"
+    return f"{noise_name} ±{result['loss_noise']:.4f}: {called}"
+
+
+def reduction_sentence(
+    found: list[tuple[float, str]], settings: int, stats: dict, baselines: int, jumps: int
+) -> str:
+    """The study's bottom line on J: the largest clear reduction at no loss cost, or why none.
+
+    Args:
+        found: ``_clear_and_cheap``'s ``(relative J change, setting)``, largest cut first.
+        settings: how many JREG settings finished.
+        stats: the baselines' seed stats.
+        baselines, jumps: how many baseline seeds finished, and how many of them jump.
+    """
+    if not settings:
+        return "No JREG run has finished: nothing is set against the baselines yet."
+    if found:
+        change, name = found[0]
+        text = (
+            f"Largest clear reduction of J at no loss cost beyond the seed noise: `{name}` "
+            f"({change:+.0%})"
+        )
+        if not jumps:  # a lower J than a baseline without the jump removes no jump
+            text += "; the baselines show no jump, so it lowers a ratio, not a jump"
+        return text + "."
+    if not known(stats["J"]["spread"]):
+        return (
+            f"The baselines' seed spread is unknown ({baselines} seed): no JREG run's "
+            "change is called clear or free of cost; train more baseline seeds."
+        )
+    return "No JREG run lowered J beyond the seed noise at a loss cost within the seed noise."
+
+
 def _early_exit_sentence(best: str, settings: dict, metrics: dict, stats: dict) -> str:
     """Do the middle blocks carry more of the prediction in the best setting?"""
     group = group_of({name: s["runs"] for name, s in settings.items()}, best)
     setting = settings.get(group) if group else None
-    if setting is not None and len(setting["runs"]) >= 2:
+    if setting is not None and pooled(setting["runs"]):
         own = setting["stats"]["early_exit_middle"]
         who = f"`{group}` over {len(setting['runs'])} seeds"
     else:
@@ -273,17 +358,28 @@ def _early_exit_sentence(best: str, settings: dict, metrics: dict, stats: dict) 
     base = stats["early_exit_middle"]
     delta = own["mean"] - base["mean"]
     spread = noise(base, own)
-    head = (
+    return (
         f"Early exit at the middle block, {who} against the baseline: {delta:+.3f} nats "
-        f"(seed noise ±{spread_text(spread, '.3f')}); "
+        f"(seed noise ±{spread_text(spread, '.3f')}); {middle_contribution(delta, spread)}."
     )
+
+
+def middle_contribution(delta: float, spread: float) -> str:
+    """What a change of the middle block's early-exit loss says, against its seed noise.
+
+    Lower loss beyond the noise: the middle layers carry more of the prediction; higher:
+    less; NaN ``delta`` (no early-exit losses measured) or ``spread`` (one baseline seed):
+    no sign either way.
+    """
+    if not known(delta):
+        return "no sign either way (no early-exit losses were measured)"
     if not known(spread):
-        return head + "no clear sign either way (the baselines' seed spread is unknown)."
+        return "no clear sign either way (the baselines' seed spread is unknown)"
     if delta < -spread:
-        return head + "the middle layers carry more of the prediction."
+        return "the middle layers carry more of the prediction"
     if delta <= spread:
-        return head + "no clear sign that the middle layers contribute more."
-    return head + "the middle layers carry less of the prediction."
+        return "no clear sign that the middle layers contribute more"
+    return "the middle layers carry less of the prediction"
 
 
 def _compared(value: float, stat: dict) -> str:
