@@ -51,7 +51,10 @@ def clip_by_total_norm_(parameters: list[Tensor], max_norm: float, norm: Tensor)
 
 def check_clipping(optimizer: torch.optim.Optimizer, grad_scaler: object | None) -> None:
     """Refuse clipping that would act on scaled gradients (fp16 scaler + fused step)."""
-    if grad_scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+    # A fused step unscales the gradients itself; torch's fused optimizers say so in
+    # their param groups.
+    fused = any(group.get("fused") for group in optimizer.param_groups)
+    if grad_scaler is not None and fused:
         raise ConfigError(
             "trainer.gradient_clip_val: gradients cannot be clipped under a loss scaler "
             f"(trainer.precision 16-mixed) with {type(optimizer).__name__}(fused=True), which "

@@ -62,12 +62,17 @@ class FSDP2Strategy(AtomicModelParallelStrategy):
             process_group_backend=process_group_backend,
             timeout=timeout,
         )
+        self.requested_data_parallel_size = data_parallel_size
+        self.tensor_parallel_size = tensor_parallel_size
 
     def setup_environment(self) -> None:
-        # ModelParallelStrategy (lightning 2.6.6) reads the sizes from these attributes
-        # in its setup_environment, right after the process group exists; there is no
-        # public setter. num_nodes x num_processes is the world size it checks them against.
-        if self._data_parallel_size == WORLD_SIZE:
+        """Fix the data-parallel size to the world size, then Lightning's set-up (mesh, group)."""
+        if self.requested_data_parallel_size == WORLD_SIZE:
+            # ModelParallelStrategy takes the sizes only through __init__, before the
+            # accelerator connector has set num_nodes and the devices, and reads them
+            # back from this attribute in its setup_environment: no public way passes a
+            # size known only now (docs/private_apis.md). Nodes x devices per node is
+            # the world size before the process group exists.
             world_size = self.num_nodes * self.num_processes
-            self._data_parallel_size = data_parallel_size(world_size, self._tensor_parallel_size)
+            self._data_parallel_size = data_parallel_size(world_size, self.tensor_parallel_size)
         super().setup_environment()

@@ -122,8 +122,12 @@ def load_hf_model(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Mo
     Returns:
         ``(model, is_causal_lm)``.
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+    from transformers import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+    )
 
     options = {"local_files_only": True, "trust_remote_code": False}
     try:
