@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 
 def _prepare_rates(work: Path) -> None:
     from jreg_tools.data.demo_corpus import write_demo_corpus
-    from jreg_tools.data.prepare import prepare
+    from jreg_tools.data.prepare import PrepareOptions, prepare
 
     corpus = work / "corpus.jsonl"
     if not corpus.exists():
@@ -52,19 +52,25 @@ def _prepare_rates(work: Path) -> None:
     tokenizer = work / "tokenizer.json"
     if not tokenizer.exists():
         started = time.perf_counter()
-        prepare([str(corpus)], str(work / "trained"), vocab_size=8192, seq_len=128, overwrite=True)
+        prepare(
+            PrepareOptions(
+                [str(corpus)], str(work / "trained"), vocab_size=8192, seq_len=128, overwrite=True
+            )
+        )
         print(f"prepare with BPE training (vocab 8192): {time.perf_counter() - started:.1f} s")
         (work / "trained" / "tokenizer.json").replace(tokenizer)
     cores = os.cpu_count() or 1
     for workers in sorted({1, cores}):
         started = time.perf_counter()
         meta = prepare(
-            [str(corpus)],
-            str(work / f"shards_w{workers}"),
-            tokenizer=str(tokenizer),
-            seq_len=128,
-            num_workers=workers,
-            overwrite=True,
+            PrepareOptions(
+                [str(corpus)],
+                str(work / f"shards_w{workers}"),
+                tokenizer=str(tokenizer),
+                seq_len=128,
+                num_workers=workers,
+                overwrite=True,
+            )
         )
         seconds = time.perf_counter() - started
         tokens = sum(s["tokens"] for s in meta["splits"].values())
@@ -188,10 +194,10 @@ def prepare_once(settings: dict) -> dict:
     largest finished child (``RUSAGE_CHILDREN``, i.e. the prepare workers), so
     call it in a fresh process for figures of one run alone.
     """
-    from jreg_tools.data.prepare import prepare
+    from jreg_tools.data.prepare import PrepareOptions, prepare
 
     started = time.perf_counter()
-    meta = prepare(**settings)
+    meta = prepare(PrepareOptions(**settings))
     seconds = time.perf_counter() - started
     kib = 1 if sys.platform != "darwin" else 1024  # ru_maxrss: KiB on Linux, bytes on macOS
     main, workers = (

@@ -124,22 +124,24 @@ def write_corpus(args: argparse.Namespace, work: Path) -> list[str]:
 
 def prepare_variants(inputs: list[str], args: argparse.Namespace, work: Path) -> dict[str, dict]:
     """``meta.json`` of each variant's shards in ``work/<name>``; one tokenizer for all."""
-    from jreg_tools.data.prepare import prepare
+    from jreg_tools.data.prepare import PrepareOptions, prepare
 
     metas: dict[str, dict] = {}
     tokenizer = args.tokenizer
     for name, options in VARIANTS.items():
         print(f"mixing: prepare, {name}: {options}")
         meta = prepare(
-            inputs=inputs,
-            output_dir=str(work / name.replace(" ", "_")),
-            tokenizer=tokenizer,
-            vocab_size=args.vocab,
-            val_fraction=args.val_fraction,
-            seq_len=args.seq_len,
-            num_workers=args.prepare_workers,
-            overwrite=True,
-            **options,
+            PrepareOptions(
+                inputs=inputs,
+                output_dir=str(work / name.replace(" ", "_")),
+                tokenizer=tokenizer,
+                vocab_size=args.vocab,
+                val_fraction=args.val_fraction,
+                seq_len=args.seq_len,
+                num_workers=args.prepare_workers,
+                overwrite=True,
+                **options,
+            )
         )
         meta["data_dir"] = str(work / name.replace(" ", "_"))
         metas[name] = meta

@@ -8,7 +8,7 @@ from jreg_lightning.checkpoints import atomic_torch_save, load_full_state_dict, 
 from jreg_lightning.errors import ConfigError, OutputExistsError
 
 
-def consolidate(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
+def consolidate(checkpoint: Path, output: Path, overwrite: bool = False) -> Path:
     """Merge a sharded FSDP2 checkpoint folder into one single-file checkpoint.
 
     The file holds the full weights under ``state_dict`` plus the run's metadata
@@ -19,19 +19,19 @@ def consolidate(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
 
     Args:
         checkpoint: the distributed-checkpoint folder (e.g. ``runs/x/checkpoints/last.ckpt``).
-        out: the single file to write (atomically, see ``atomic_torch_save``).
-        overwrite: replace ``out`` if it exists.
+        output: the single file to write (atomically, see ``atomic_torch_save``).
+        overwrite: replace ``output`` if it exists.
 
     Returns:
-        ``out``.
+        ``output``.
     """
-    checkpoint, out = Path(checkpoint), Path(out)
+    checkpoint, out = Path(checkpoint), Path(output)
     if out.exists() and not overwrite:
         raise OutputExistsError(
-            f"out: {out} already exists; choose another --out or pass --overwrite"
+            f"output: {out} already exists; choose another --output or pass --overwrite"
         )
     if checkpoint.resolve() == out.resolve():
-        raise ConfigError("out: must differ from --checkpoint: the sharded folder is the input")
+        raise ConfigError("output: must differ from --checkpoint: the sharded folder is the input")
     state_dict = load_full_state_dict(checkpoint)
     metadata = read_checkpoint_meta(checkpoint, field="checkpoint")
     contents = {k: v for k, v in metadata.items() if k not in ("optimizer_states", "state_dict")}

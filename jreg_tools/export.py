@@ -69,7 +69,7 @@ def _portable_tokenizer_config(path: Path) -> None:
 
 def export(
     checkpoint: str,
-    out_dir: str,
+    output_dir: str,
     tokenizer: str | None = None,
     data_dir: str | None = None,
     eos_token: str | None = None,
@@ -79,28 +79,29 @@ def export(
     """Export a checkpoint of ``cli.py fit`` as a Hugging Face model folder.
 
     Writes ``config.json``, ``model.safetensors`` (tied embeddings stored once)
-    and the tokenizer files into ``out_dir``, atomically: a temporary folder is
+    and the tokenizer files into ``output_dir``, atomically: a temporary folder is
     renamed into place once complete, so a failed export leaves nothing behind.
     The result loads offline with ``AutoModelForCausalLM.from_pretrained`` and
     ``AutoTokenizer.from_pretrained``.
 
     Args:
         checkpoint: a Lightning ``.ckpt`` file or an FSDP2 distributed-checkpoint folder.
-        out_dir: the HF folder to write.
+        output_dir: the HF folder to write.
         tokenizer: a ``tokenizer.json`` or a local HF tokenizer folder; default:
             the tokenizer recorded in ``data_dir/meta.json``.
         data_dir: prepared data folder whose ``meta.json`` names the tokenizer.
         eos_token: end-of-text token of a bare ``tokenizer.json`` (default: found by name).
         dtype: dtype of the saved weights.
-        overwrite: replace an existing non-empty ``out_dir``.
+        overwrite: replace an existing non-empty ``output_dir``.
 
     Returns:
         The path of the written folder.
     """
-    out = Path(out_dir)
+    out = Path(output_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise OutputExistsError(
-            f"out_dir: {out} exists and is not empty; choose a new folder or pass --overwrite true"
+            f"output_dir: {out} exists and is not empty; choose a new folder "
+            "or pass --overwrite true"
         )
     eos_id = None
     if tokenizer is None:

@@ -28,7 +28,7 @@ def write_corpus(path: Path, documents: int = 60, seed: int = 0, words=(20, 60))
 
 def prepare_small(corpus: Path, out: Path, **kwargs) -> dict:
     """``prepare`` with the small settings the tests use (vocab 300, blocks of 33)."""
-    from jreg_tools.data.prepare import prepare
+    from jreg_tools.data.prepare import PrepareOptions, prepare
 
     settings = {
         "vocab_size": 300,
@@ -38,7 +38,7 @@ def prepare_small(corpus: Path, out: Path, **kwargs) -> dict:
         "num_workers": 2,
     }
     settings.update(kwargs)
-    return prepare(inputs=[str(corpus)], output_dir=str(out), **settings)
+    return prepare(PrepareOptions(inputs=[str(corpus)], output_dir=str(out), **settings))
 
 
 def split_tokens(folder: Path) -> list[int]:

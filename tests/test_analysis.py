@@ -13,7 +13,7 @@ from jreg_lightning.displacement import layer_sums_and_counts
 from jreg_lightning.metrics import LayerProfileMetric
 from jreg_lightning.module import JregLightningModule
 from jreg_lightning.profile_report import format_profile_table, write_profile_report
-from jreg_tools.analysis.command import analyze
+from jreg_tools.analysis.command import AnalyzeOptions, analyze
 from jreg_tools.analysis.loading import classify, load_hf_model, series_in_order
 from jreg_tools.analysis.measure import measure_model
 from jreg_tools.analysis.run_logs import read_logged_series
@@ -132,15 +132,17 @@ def test_series_of_three_checkpoints_is_ordered_by_step(tmp_path, token_shards):
         (30, "a.ckpt"),
     ]
     result = analyze(
-        inputs=[str(folder)],
-        names=["run"],
-        data=str(token_shards),
-        seq_len=32,
-        batch_size=2,
-        max_batches=1,
-        skip_blocks=False,
-        out_dir=str(tmp_path / "out"),
-        progress=False,
+        AnalyzeOptions(
+            models=[str(folder)],
+            names=["run"],
+            data_dir=str(token_shards),
+            seq_len=32,
+            batch_size=2,
+            max_batches=1,
+            skip_blocks=False,
+            output_dir=str(tmp_path / "out"),
+            progress=False,
+        )
     )
     series = result["series"]["run"]
     assert series["steps"] == [10, 20, 30]
@@ -188,15 +190,17 @@ def test_every_plot_is_a_real_png(tmp_path, token_shards):
     _module(seed=0).model.save_pretrained(hf)
     _write_metrics_csv(tmp_path / "run")
     result = analyze(
-        inputs=[str(hf), str(tmp_path / "run")],
-        names=["model", "logged"],
-        data=str(token_shards),
-        seq_len=32,
-        batch_size=2,
-        max_batches=1,
-        stage="train",
-        out_dir=str(tmp_path / "out"),
-        progress=False,
+        AnalyzeOptions(
+            models=[str(hf), str(tmp_path / "run")],
+            names=["model", "logged"],
+            data_dir=str(token_shards),
+            seq_len=32,
+            batch_size=2,
+            max_batches=1,
+            stage="train",
+            output_dir=str(tmp_path / "out"),
+            progress=False,
+        )
     )
     pngs = sorted(Path(p).name for p in result["files"] if p.endswith(".png"))
     assert pngs == [
@@ -227,14 +231,16 @@ def test_text_file_batches_have_the_training_layout(tmp_path):
 
 def test_bad_inputs_name_the_field(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        analyze(inputs=[str(tmp_path / "missing")], out_dir=str(tmp_path / "out"))
+        analyze(
+            AnalyzeOptions(models=[str(tmp_path / "missing")], output_dir=str(tmp_path / "out"))
+        )
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="cannot tell what"):
-        analyze(inputs=[str(tmp_path / "empty")], out_dir=str(tmp_path / "out"))
+        analyze(AnalyzeOptions(models=[str(tmp_path / "empty")], output_dir=str(tmp_path / "out")))
     hf = tmp_path / "hf"
     _module().model.save_pretrained(hf)
     with pytest.raises(ValueError, match="--data"):
-        analyze(inputs=[str(hf)], out_dir=str(tmp_path / "out"), progress=False)
+        analyze(AnalyzeOptions(models=[str(hf)], output_dir=str(tmp_path / "out"), progress=False))
     assert not (tmp_path / "out").exists()
 
 
@@ -272,15 +278,17 @@ def test_text_and_tokenizer_json_feed_a_model(tmp_path):
     _module().model.save_pretrained(hf)
 
     result = analyze(
-        inputs=[str(hf)],
-        text=str(corpus),
-        tokenizer=str(tmp_path / "tokenizer.json"),
-        seq_len=16,
-        batch_size=2,
-        max_batches=2,
-        skip_blocks=False,
-        out_dir=str(tmp_path / "out"),
-        progress=False,
+        AnalyzeOptions(
+            models=[str(hf)],
+            text=str(corpus),
+            tokenizer=str(tmp_path / "tokenizer.json"),
+            seq_len=16,
+            batch_size=2,
+            max_batches=2,
+            skip_blocks=False,
+            output_dir=str(tmp_path / "out"),
+            progress=False,
+        )
     )
     [model] = result["models"]
     assert model["batches"] == 2 and model["tokens"] == 2 * 2 * 16

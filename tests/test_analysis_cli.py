@@ -75,11 +75,11 @@ def test_fit_validate_analyze_a_run(tmp_path, token_shards):
     main(
         [
             "analyze",
-            "--inputs",
+            "--models",
             f"[{run / 'logs'}]",
             "--stage",
             "train",
-            "--out_dir",
+            "--output_dir",
             str(tmp_path / "out"),
         ]
     )

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from jreg_tools.analysis.command import analyze
+from jreg_tools.analysis.command import AnalyzeOptions, analyze
 from jreg_tools.analysis.text import DocumentCounts, encode_documents
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "log", "ran", "far", "away"]
@@ -74,13 +74,15 @@ def _model(kind: str, folder: Path, vocab_size: int) -> Path:
 
 def _analyze(tmp_path: Path, model: Path, documents: Path, tokenizer: Path, batch: int) -> dict:
     result = analyze(
-        inputs=[str(model)],
-        documents=str(documents),
-        tokenizer=str(tokenizer),
-        batch_size=batch,
-        max_batches=100,
-        out_dir=str(tmp_path / f"out_{batch}"),
-        progress=False,
+        AnalyzeOptions(
+            models=[str(model)],
+            documents=str(documents),
+            tokenizer=str(tokenizer),
+            batch_size=batch,
+            max_batches=100,
+            output_dir=str(tmp_path / f"out_{batch}"),
+            progress=False,
+        )
     )
     [report] = result["models"]
     return report
@@ -142,17 +144,25 @@ def test_documents_bad_input_names_the_field(tmp_path):
     model = _model("bert", tmp_path / "bert", 16)
     wrong_field = tmp_path / "docs.jsonl"
     wrong_field.write_text(json.dumps({"body": "the cat"}) + "\n")
-    common = {"inputs": [str(model)], "tokenizer": str(tmp_path / "tokenizer.json")}
+    common = {"models": [str(model)], "tokenizer": str(tmp_path / "tokenizer.json")}
     with pytest.raises(ValueError, match="line 1 has no text field 'text'.*--text_field"):
-        analyze(**common, documents=str(wrong_field), out_dir=str(tmp_path / "o"), progress=False)
+        analyze(
+            AnalyzeOptions(
+                **common, documents=str(wrong_field), output_dir=str(tmp_path / "o"), progress=False
+            )
+        )
     with pytest.raises(ValueError, match="--documents reads its own file"):
-        analyze(**common, documents=str(wrong_field), text=str(wrong_field), progress=False)
+        analyze(
+            AnalyzeOptions(
+                **common, documents=str(wrong_field), text=str(wrong_field), progress=False
+            )
+        )
     table = tmp_path / "docs.csv"
     table.write_text("text\nthe cat\n")
     with pytest.raises(ValueError, match="not .jsonl, .json or .txt"):
-        analyze(**common, documents=str(table), progress=False)
+        analyze(AnalyzeOptions(**common, documents=str(table), progress=False))
     with pytest.raises(FileNotFoundError, match="pass --documents a .jsonl or .txt file"):
-        analyze(**common, documents=str(tmp_path / "missing.jsonl"), progress=False)
+        analyze(AnalyzeOptions(**common, documents=str(tmp_path / "missing.jsonl"), progress=False))
 
 
 def test_txt_documents_are_lines(tmp_path):

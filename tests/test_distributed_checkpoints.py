@@ -49,7 +49,7 @@ def test_consolidate_writes_one_loadable_file_and_keeps_existing_output(tmp_path
     sharded = tmp_path / "last.ckpt"
     _write_sharded(sharded, weights)
     out = tmp_path / "full.ckpt"
-    run_extra_command("consolidate", ["--checkpoint", str(sharded), "--out", str(out)])
+    run_extra_command("consolidate", ["--checkpoint", str(sharded), "--output", str(out)])
 
     loaded = torch.load(out, weights_only=True)
     assert loaded["global_step"] == 7

@@ -140,7 +140,7 @@ def test_perplexity_of_a_text_file_is_the_cross_entropy_of_its_tokens(hf_folder,
     text = tmp_path / "doc.txt"
     text.write_text("The sun rises in the east and sets in the west.")
     out = tmp_path / "ppl.json"
-    result = perplexity(str(hf_folder), str(text), output=str(out))
+    result = perplexity(str(hf_folder), text=str(text), output=str(out))
     model = load_eval_model(hf_folder)
     ids = [*model.tokenizer.encode(text.read_text()), model.tokenizer.eos_token_id]
     batch = torch.tensor([ids])
@@ -159,7 +159,7 @@ def test_compare_prints_one_side_by_side_table(
         [str(hf_folder), str(checkpoint)],
         names=["exported", "checkpoint"],
         tasks=str(TASK),
-        data=str(token_shards),
+        data_dir=str(token_shards),
         tokenizer=str(tokenizer_file),
         seq_len=32,
         max_batches=2,
@@ -193,7 +193,7 @@ def test_bad_inputs_fail_in_one_line(hf_folder, checkpoint, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("hello")
     with pytest.raises(ValueError, match="--tokenizer"):
-        perplexity(str(checkpoint), str(text))
+        perplexity(str(checkpoint), text=str(text))
     with pytest.raises(FileNotFoundError, match="index.json"):
         perplexity(str(hf_folder), str(tmp_path))
     with pytest.raises(ValueError, match="two or more"):

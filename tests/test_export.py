@@ -135,7 +135,7 @@ def test_export_command_writes_bfloat16(tokenizer_file, tmp_path):
 
     checkpoint = write_module_checkpoint(tmp_path / "m.ckpt")
     out = tmp_path / "hf16"
-    main(["export", "--checkpoint", str(checkpoint), "--out_dir", str(out),
+    main(["export", "--checkpoint", str(checkpoint), "--output_dir", str(out),
           "--tokenizer", str(tokenizer_file), "--dtype", "bfloat16"])  # fmt: skip
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert not list(tmp_path.glob(".hf16.*")), "no staging folder is left behind"
@@ -146,7 +146,7 @@ def test_bad_inputs_fail_in_one_line_and_damage_nothing(tokenizer_file, tmp_path
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="out_dir"):
+    with pytest.raises(FileExistsError, match="output_dir"):
         export(str(checkpoint), str(taken), tokenizer=str(tokenizer_file))
     assert (taken / "keep.txt").read_text() == "mine"
     with pytest.raises(ValueError, match="--tokenizer"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jreg_tools.data.prepare import prepare
+from jreg_tools.data.prepare import PrepareOptions, prepare
 from tests.corpora import write_corpus
 
 
@@ -16,7 +16,7 @@ def _refused(tmp_path: Path, error, match: str, **kwargs) -> str:
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     kwargs.setdefault("output_dir", str(tmp_path / "out"))
     with pytest.raises(error, match=match) as caught:
-        prepare(vocab_size=300, seq_len=16, num_workers=1, **kwargs)
+        prepare(PrepareOptions(vocab_size=300, seq_len=16, num_workers=1, **kwargs))
     message = str(caught.value)
     assert "\n" not in message
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

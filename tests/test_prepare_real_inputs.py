@@ -19,7 +19,7 @@ from jreg_lightning.data.tokenizer import (
     train_byte_level_bpe,
 )
 from jreg_tools.data import prepare as prepare_module
-from jreg_tools.data.prepare import prepare
+from jreg_tools.data.prepare import PrepareOptions, prepare
 from tests.corpora import documents_of, split_tokens, write_corpus
 
 SETTINGS = {"vocab_size": 300, "seq_len": 32, "val_documents": 4, "num_workers": 2}
@@ -59,11 +59,13 @@ def test_released_tokenizer_loses_and_adds_no_token(tmp_path):
     assert all(len(ids) > 16 for ids in expected)  # the shipped settings would cut every one
 
     meta = prepare(
-        inputs=str(tmp_path / "docs.jsonl"),
-        output_dir=str(tmp_path / "out"),
-        tokenizer=str(folder),
-        shuffle_block_buffer=1,  # documents stay whole in the stream, to compare them
-        **SETTINGS,
+        PrepareOptions(
+            inputs=str(tmp_path / "docs.jsonl"),
+            output_dir=str(tmp_path / "out"),
+            tokenizer=str(folder),
+            shuffle_block_buffer=1,  # documents stay whole in the stream, to compare them
+            **SETTINGS,
+        )
     )
     encoded = sum(info["document_tokens"] for info in meta["splits"].values())
     assert encoded == sum(map(len, expected))
@@ -115,10 +117,12 @@ def test_sentencepiece_folder_loads_and_prepares(tmp_path):
     ids = encode_texts(tokenizer, [texts[0]])[0]
     assert ids and tokenizer.token_to_id("<s>") not in ids  # no BOS behind the user's back
     meta = prepare(
-        inputs=str(tmp_path / "docs.jsonl"),
-        output_dir=str(tmp_path / "out"),
-        tokenizer=str(folder),
-        **SETTINGS,
+        PrepareOptions(
+            inputs=str(tmp_path / "docs.jsonl"),
+            output_dir=str(tmp_path / "out"),
+            tokenizer=str(folder),
+            **SETTINGS,
+        )
     )
     assert meta["eos_id"] == tokenizer.token_to_id("</s>")
     assert meta["splits"]["train"]["documents"] == 36
@@ -140,22 +144,28 @@ def test_compressed_corpora_give_identical_shards(tmp_path):
     (tmp_path / "zst" / "docs.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(raw))
     (tmp_path / "json_gz").mkdir()
     (tmp_path / "json_gz" / "docs.json.gz").write_bytes(gzip.compress(raw))
-    plain = prepare(inputs=str(tmp_path / "plain"), output_dir=str(tmp_path / "p"), **SETTINGS)
+    plain = prepare(
+        PrepareOptions(inputs=str(tmp_path / "plain"), output_dir=str(tmp_path / "p"), **SETTINGS)
+    )
     tokenizer = str(tmp_path / "p" / "tokenizer.json")
     for name in ("gz", "zst", "json_gz"):
         meta = prepare(
-            inputs=str(tmp_path / name / "*"),
-            output_dir=str(tmp_path / f"out_{name}"),
-            tokenizer=tokenizer,
-            **SETTINGS,
+            PrepareOptions(
+                inputs=str(tmp_path / name / "*"),
+                output_dir=str(tmp_path / f"out_{name}"),
+                tokenizer=tokenizer,
+                **SETTINGS,
+            )
         )
         assert meta["splits"] == plain["splits"]
     # The plain run trained its tokenizer; compare shards made with that same tokenizer.
     again = prepare(
-        inputs=str(tmp_path / "plain"),
-        output_dir=str(tmp_path / "p2"),
-        tokenizer=tokenizer,
-        **SETTINGS,
+        PrepareOptions(
+            inputs=str(tmp_path / "plain"),
+            output_dir=str(tmp_path / "p2"),
+            tokenizer=tokenizer,
+            **SETTINGS,
+        )
     )
     assert again["splits"] == plain["splits"]
     for name in ("gz", "zst", "json_gz"):
@@ -170,7 +180,7 @@ def test_truncated_zst_is_one_line_naming_the_file_and_writes_nothing(tmp_path):
     broken.parent.mkdir()
     broken.write_bytes(packed[: len(packed) // 2])
     with pytest.raises(ValueError, match=r"inputs: .*broken\.jsonl\.zst is corrupt or truncated"):
-        prepare(inputs=str(broken), output_dir=str(tmp_path / "out"), **SETTINGS)
+        prepare(PrepareOptions(inputs=str(broken), output_dir=str(tmp_path / "out"), **SETTINGS))
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "in"]
 
@@ -188,7 +198,11 @@ def test_lost_tokens_fail_loudly(tmp_path, monkeypatch):
     with pytest.raises(
         RuntimeError, match=r"prepare: (train|val): the shards hold .* tokens were lost"
     ):
-        prepare(inputs=str(tmp_path / "docs.jsonl"), output_dir=str(tmp_path / "out"), **SETTINGS)
+        prepare(
+            PrepareOptions(
+                inputs=str(tmp_path / "docs.jsonl"), output_dir=str(tmp_path / "out"), **SETTINGS
+            )
+        )
     assert not (tmp_path / "out").exists()
 
     truncating = train_byte_level_bpe(["some words to learn"] * 8, vocab_size=280)
@@ -212,11 +226,15 @@ def test_neighbours_on_disk_are_spread_by_the_seed(tmp_path):
     # The document shuffle alone (whole documents stay readable in the stream).
     corpus = _txt_folder(tmp_path / "corpus")
     only_documents = {**SETTINGS, "shuffle_block_buffer": 1}
-    first = prepare(inputs=str(corpus), output_dir=str(tmp_path / "a"), seed=1, **only_documents)
+    first = prepare(
+        PrepareOptions(inputs=str(corpus), output_dir=str(tmp_path / "a"), seed=1, **only_documents)
+    )
     tokenizer = str(tmp_path / "a" / "tokenizer.json")
     settings = {**only_documents, "tokenizer": tokenizer}
-    prepare(inputs=str(corpus), output_dir=str(tmp_path / "b"), seed=1, **settings)
-    other = prepare(inputs=str(corpus), output_dir=str(tmp_path / "c"), seed=2, **settings)
+    prepare(PrepareOptions(inputs=str(corpus), output_dir=str(tmp_path / "b"), seed=1, **settings))
+    other = prepare(
+        PrepareOptions(inputs=str(corpus), output_dir=str(tmp_path / "c"), seed=2, **settings)
+    )
     assert first["shuffle_seed"] == 1 and other["shuffle_seed"] == 2
     assert _chunks(tmp_path / "a") == _chunks(tmp_path / "b")
 
@@ -235,7 +253,9 @@ def test_neighbours_on_disk_are_spread_by_the_seed(tmp_path):
     assert sum(kept) < len(kept) / 4
 
     unmixed = prepare(
-        inputs=str(corpus), output_dir=str(tmp_path / "d"), seed=1, shuffle=False, **settings
+        PrepareOptions(
+            inputs=str(corpus), output_dir=str(tmp_path / "d"), seed=1, shuffle=False, **settings
+        )
     )
     assert unmixed["shuffle_seed"] is None
     assert _train_order(tmp_path / "d", unmixed) == [d for d in on_disk if d in position]
@@ -254,11 +274,17 @@ def test_blocks_are_shuffled_whole_and_a_long_document_spreads_over_chunks(tmp_p
         for text in [*texts[:200], long_text, *texts[200:]]:
             handle.write(json.dumps({"text": text}) + "\n")
     one_worker = {**SETTINGS, "num_workers": 1, "chunk_blocks": 8}
-    prepare(inputs=str(tmp_path / "docs.jsonl"), output_dir=str(tmp_path / "mixed"), **one_worker)
+    prepare(
+        PrepareOptions(
+            inputs=str(tmp_path / "docs.jsonl"), output_dir=str(tmp_path / "mixed"), **one_worker
+        )
+    )
     tokenizer = str(tmp_path / "mixed" / "tokenizer.json")
     only_documents = {**one_worker, "tokenizer": tokenizer, "shuffle_block_buffer": 1}
     prepare(
-        inputs=str(tmp_path / "docs.jsonl"), output_dir=str(tmp_path / "docs"), **only_documents
+        PrepareOptions(
+            inputs=str(tmp_path / "docs.jsonl"), output_dir=str(tmp_path / "docs"), **only_documents
+        )
     )
 
     # Only whole blocks move: the same blocks as the document-shuffled stream, in
@@ -285,7 +311,9 @@ def test_blocks_are_shuffled_whole_and_a_long_document_spreads_over_chunks(tmp_p
 def test_auto_chunks_give_a_small_corpus_many_chunks(tmp_path):
     write_corpus(tmp_path / "docs.jsonl", documents=300, words=(60, 120))
     meta = prepare(
-        inputs=str(tmp_path / "docs.jsonl"), output_dir=str(tmp_path / "out"), **SETTINGS
+        PrepareOptions(
+            inputs=str(tmp_path / "docs.jsonl"), output_dir=str(tmp_path / "out"), **SETTINGS
+        )
     )
     assert meta["splits"]["train"]["chunks"] >= 32
     assert (
@@ -296,10 +324,12 @@ def test_auto_chunks_give_a_small_corpus_many_chunks(tmp_path):
 def test_bpe_trains_on_a_bounded_sample(tmp_path):
     write_corpus(tmp_path / "docs.jsonl", documents=100)
     meta = prepare(
-        inputs=str(tmp_path / "docs.jsonl"),
-        output_dir=str(tmp_path / "out"),
-        bpe_sample_bytes=2_000,
-        **SETTINGS,
+        PrepareOptions(
+            inputs=str(tmp_path / "docs.jsonl"),
+            output_dir=str(tmp_path / "out"),
+            bpe_sample_bytes=2_000,
+            **SETTINGS,
+        )
     )
     sample = meta["bpe_sample"]
     assert sample["max_bytes"] == 2_000 and 0 < sample["characters"] <= 2_000

@@ -35,7 +35,7 @@ def shard_dir(data: Location, split: str) -> Location:
             return candidate
     raise InputNotFoundError(
         f"analyze: {data} holds no litdata dataset ({join(data, split)}/index.json is missing); "
-        "pass --data a folder made by `prepare` (with train/ and val/) and --split train or val"
+        "pass --data_dir a folder made by `prepare` (with train/ and val/) and --split train or val"
     )
 
 

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -51,6 +51,7 @@ from jreg_lightning.data.tokenizer import (
 from jreg_lightning.errors import ConfigError, OutputExistsError
 from jreg_tools.data.sources import (
     DocumentRange,
+    ScanResult,
     bpe_sample_documents,
     read_documents,
     scan_inputs,
@@ -266,15 +267,12 @@ def check_token_count(split: str, counted: dict[str, int], written: int) -> None
 def _held_out(
     num_documents: int, val_fraction: float, val_documents: int | None, seed: int
 ) -> list[int]:
-    """The global numbers of the validation documents, sorted (a seeded random subset)."""
-    if val_documents is None:
-        if not 0.0 < val_fraction < 1.0:
-            raise ConfigError(f"val_fraction: {val_fraction} is not in (0, 1); pass e.g. 0.01")
-        count = max(1, round(val_fraction * num_documents))
-    else:
-        count = val_documents
-        if count < 1:
-            raise ConfigError(f"val_documents: {count} is below 1; pass at least 1")
+    """The global numbers of the validation documents, sorted (a seeded random subset).
+
+    ``val_fraction`` and ``val_documents`` are checked by ``PrepareOptions``; what
+    is checked here is that training keeps some of the ``num_documents``.
+    """
+    count = max(1, round(val_fraction * num_documents)) if val_documents is None else val_documents
     if count >= num_documents:
         raise ConfigError(
             f"val_documents: {count} of {num_documents} documents leaves none for training; "
@@ -383,43 +381,14 @@ def auto_chunk_blocks(characters: int, block: int) -> int:
     return int(min(MAX_CHUNK_BLOCKS, max(MIN_CHUNK_BLOCKS, estimated_blocks // TARGET_CHUNKS)))
 
 
-def prepare_command(arguments: dict) -> str:
-    """The ``cli.py prepare`` command line that repeats a call with these arguments.
-
-    Built from the arguments themselves (not ``sys.argv``), so it is exact also
-    when ``prepare`` is called from Python.
-    """
-    words = ["python", "cli.py", "prepare"]
-    for name, value in arguments.items():
-        text = value if isinstance(value, str) else json.dumps(value, default=str)
-        words.append(f"--{name}={text}")
-    return shlex.join(words)
-
-
-def prepare(
-    inputs: str | list[str],
-    output_dir: str = "data/prepared",
-    text_field: str = "text",
-    tokenizer: str | None = None,
-    vocab_size: int = 8192,
-    eos_token: str | None = None,
-    val_fraction: float = 0.01,
-    val_documents: int | None = None,
-    seq_len: int = 256,
-    chunk_blocks: int | Literal["auto"] = "auto",
-    shuffle: bool = True,
-    shuffle_buffer: int = 4096,
-    shuffle_block_buffer: int = 32768,
-    bpe_sample_bytes: int = 512 * 2**20,
-    dtype: Literal["auto", "uint16", "int32"] = "auto",
-    num_workers: int | None = None,
-    seed: int = 42,
-    overwrite: bool = False,
-    storage_options: dict | None = None,
-) -> dict:
+@dataclass(frozen=True)
+class PrepareOptions:
     """Tokenize local text into litdata shards (``train/``, ``val/``) plus ``meta.json``.
 
-    Args:
+    The options of ``cli.py prepare``, one flag each (``--output_dir``). They are
+    checked when made, so a bad value fails before any input is read.
+
+    Attributes:
         inputs: one path, a glob (``'corpus/*.jsonl.zst'``) or a list ``[a,b]`` of
             files or folders of .txt (one document per file), .jsonl / .json
             (one document per line), .parquet (one per row), each of the text
@@ -454,44 +423,116 @@ def prepare(
         overwrite: replace an existing ``output_dir``.
         storage_options: object-store client arguments for a URL ``output_dir`` (boto3's
             ``client`` for ``s3://``); endpoint and credentials come from the AWS environment.
-
-    Returns:
-        The contents of ``meta.json``.
     """
-    # storage_options may hold credentials: they stay out of the recorded command.
-    command = prepare_command({k: v for k, v in locals().items() if k != "storage_options"})
-    if is_remote(output_dir):
-        return _prepare_to_url(dict(locals()), command)
-    started = time.perf_counter()
-    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
-    output = Path(output_dir).absolute()
-    if seq_len < 1:
-        raise ConfigError(f"seq_len: {seq_len} is below 1; pass a positive --seq_len")
-    if chunk_blocks != "auto" and (not isinstance(chunk_blocks, int) or chunk_blocks < 1):
-        raise ConfigError(
-            f"chunk_blocks: {chunk_blocks} is not a positive number; pass e.g. 1024 or auto"
-        )
-    if shuffle_buffer < 1:
-        raise ConfigError(f"shuffle_buffer: {shuffle_buffer} is below 1; pass e.g. 4096")
-    if shuffle_block_buffer < 1:
-        raise ConfigError(
-            f"shuffle_block_buffer: {shuffle_block_buffer} is below 1; pass e.g. 32768 (1 = off)"
-        )
-    partial_dir = output.parent / f".{output.name}.partial"
-    old_dir = output.parent / f".{output.name}.old"
-    _recover_interrupted_swap(output, old_dir)
-    _check_output(output, overwrite, inputs)
 
-    loaded = None
-    if tokenizer is not None:
-        loaded = load_tokenizer(tokenizer)
-        vocab = loaded[0].get_vocab_size(with_added_tokens=True)
-    else:
-        vocab = vocab_size
-    dtype_name = token_dtype(vocab, dtype)
+    inputs: str | list[str]
+    output_dir: str = "data/prepared"
+    text_field: str = "text"
+    tokenizer: str | None = None
+    vocab_size: int = 8192
+    eos_token: str | None = None
+    val_fraction: float = 0.01
+    val_documents: int | None = None
+    seq_len: int = 256
+    chunk_blocks: int | Literal["auto"] = "auto"
+    shuffle: bool = True
+    shuffle_buffer: int = 4096
+    shuffle_block_buffer: int = 32768
+    bpe_sample_bytes: int = 512 * 2**20
+    dtype: Literal["auto", "uint16", "int32"] = "auto"
+    num_workers: int | None = None
+    seed: int = 42
+    overwrite: bool = False
+    storage_options: dict | None = None
 
-    scan = scan_inputs(inputs, text_field=text_field, documents_per_range=256)
-    val_set = _held_out(scan.num_documents, val_fraction, val_documents, seed)
+    def __post_init__(self) -> None:
+        """Refuse a value that cannot work, naming the field and the fix."""
+        if self.seq_len < 1:
+            raise ConfigError(f"seq_len: {self.seq_len} is below 1; pass a positive --seq_len")
+        if self.chunk_blocks != "auto" and (
+            not isinstance(self.chunk_blocks, int) or self.chunk_blocks < 1
+        ):
+            raise ConfigError(
+                f"chunk_blocks: {self.chunk_blocks} is not a positive number; "
+                "pass e.g. 1024 or auto"
+            )
+        if self.shuffle_buffer < 1:
+            raise ConfigError(f"shuffle_buffer: {self.shuffle_buffer} is below 1; pass e.g. 4096")
+        if self.shuffle_block_buffer < 1:
+            raise ConfigError(
+                f"shuffle_block_buffer: {self.shuffle_block_buffer} is below 1; "
+                "pass e.g. 32768 (1 = off)"
+            )
+        if self.val_documents is None and not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction: {self.val_fraction} is not in (0, 1); pass e.g. 0.01")
+        if self.val_documents is not None and self.val_documents < 1:
+            raise ConfigError(f"val_documents: {self.val_documents} is below 1; pass at least 1")
+
+    @property
+    def input_paths(self) -> list[str]:
+        """``inputs`` as a list (one path or glob is a list of one)."""
+        return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+
+
+def prepare_command(options: PrepareOptions) -> str:
+    """The ``cli.py prepare`` command line that repeats a call with these options.
+
+    Built from the options themselves (not ``sys.argv``), so it is exact also
+    when ``prepare`` is called from Python. ``storage_options`` may hold
+    credentials: it stays out.
+    """
+    words = ["python", "cli.py", "prepare"]
+    for option in fields(options):
+        if option.name == "storage_options":
+            continue
+        value = getattr(options, option.name)
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        words.append(f"--{option.name}={text}")
+    return shlex.join(words)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The scanned input documents, split into training and validation ranges.
+
+    Attributes:
+        scan: what ``scan_inputs`` found (files, ranges, counts).
+        splits: the document ranges of ``train`` and ``val``.
+        documents: the number of documents of ``train`` and ``val``.
+    """
+
+    scan: ScanResult
+    splits: dict[str, list[DocumentRange]]
+    documents: dict[str, int]
+
+
+@dataclass(frozen=True)
+class SavedTokenizer:
+    """The tokenizer written into the shard folder, with what the shards need of it.
+
+    Attributes:
+        path: its ``tokenizer.json``.
+        eos_id: the id appended after each document.
+        vocab_size: tokens, added ones included.
+        dtype: the token dtype on disk.
+        source: where it came from (a path, or the trained BPE), for ``meta.json``.
+        bpe_sample: what trained the BPE (``None`` for a given tokenizer).
+    """
+
+    path: Path
+    eos_id: int
+    vocab_size: int
+    dtype: str
+    source: str
+    bpe_sample: dict | None
+
+
+def _documents(options: PrepareOptions) -> Corpus:
+    """Scan the inputs and hold out the validation documents (seeded by ``options.seed``)."""
+    scan = scan_inputs(options.input_paths, text_field=options.text_field, documents_per_range=256)
+    val_set = _held_out(
+        scan.num_documents, options.val_fraction, options.val_documents, options.seed
+    )
     splits = {
         "train": [r for r in (rng.select(val_set, inside=False) for rng in scan.ranges) if r],
         "val": [r for r in (rng.select(val_set, inside=True) for rng in scan.ranges) if r],
@@ -501,107 +542,87 @@ def prepare(
         f"prepare: {scan.num_documents} documents in {len(scan.files)} file(s) "
         f"({scan.empty_documents} empty skipped); {documents['val']} held out for validation"
     )
+    return Corpus(scan, splits, documents)
 
-    if partial_dir.exists():  # left by a killed run
-        shutil.rmtree(partial_dir)
-    partial_dir.mkdir(parents=True)
-    tokenizer_path = partial_dir / TOKENIZER_FILE
-    bpe_sample = None
-    if loaded is not None:
-        tok, configured_eos = loaded
-        eos_id = eos_token_id(tok, eos_token or configured_eos)
-        tokenizer_source = str(Path(tokenizer).absolute())
+
+def _save_tokenizer(
+    options: PrepareOptions, given: tuple | None, corpus: Corpus, folder: Path
+) -> SavedTokenizer:
+    """The given tokenizer, or a BPE trained on the training split, saved into ``folder``."""
+    path = folder / TOKENIZER_FILE
+    if given is not None:
+        tokenizer, configured_eos = given
+        eos_id = eos_token_id(tokenizer, options.eos_token or configured_eos)
+        source, bpe_sample = str(Path(options.tokenizer).absolute()), None
     else:
+        vocab_size = options.vocab_size
         print(f"prepare: training a byte-level BPE of {vocab_size} tokens on the training split")
-        sample = bpe_sample_documents(splits["train"], scan.characters, bpe_sample_bytes)
-        tok = train_byte_level_bpe(sample, vocab_size)
-        bpe_sample = {"max_bytes": bpe_sample_bytes, **sample.taken}
-        eos_id = eos_token_id(tok, eos_token or EOS_TOKEN)
-        tokenizer_source = f"trained: byte-level BPE, vocab {vocab_size}"
-        vocab = tok.get_vocab_size(with_added_tokens=True)
-        dtype_name = token_dtype(vocab, dtype)
-    tok.save(str(tokenizer_path))
-
-    block = seq_len + 1
-    train_share = documents["train"] / scan.num_documents
-    blocks_per_chunk = (
-        auto_chunk_blocks(int(scan.characters * train_share), block)
-        if chunk_blocks == "auto"
-        else chunk_blocks
+        sample = bpe_sample_documents(
+            corpus.splits["train"], corpus.scan.characters, options.bpe_sample_bytes
+        )
+        tokenizer = train_byte_level_bpe(sample, vocab_size)
+        bpe_sample = {"max_bytes": options.bpe_sample_bytes, **sample.taken}
+        eos_id = eos_token_id(tokenizer, options.eos_token or EOS_TOKEN)
+        source = f"trained: byte-level BPE, vocab {vocab_size}"
+    tokenizer.save(str(path))
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    return SavedTokenizer(
+        path, eos_id, vocab, token_dtype(vocab, options.dtype), source, bpe_sample
     )
-    workers = num_workers or os.cpu_count() or 1
-    shuffle_seed = seed if shuffle else None
-    split_meta = {}
-    for name, ranges in splits.items():
-        seed_of_split = shuffle_seed if name == "train" else None
-        # Shuffled: one item per worker, so that each worker's block buffer mixes
-        # its whole share of the corpus (the shards then depend on num_workers).
-        per_item = (
-            DOCUMENTS_PER_ITEM if seed_of_split is None else max(1, -(-documents[name] // workers))
-        )
-        items = work_items(ranges, seed_of_split, per_item)
-        counted = _write_split(
-            name,
-            items,
-            partial_dir / name,
-            tokenizer_path,
-            eos_id,
-            block,
-            blocks_per_chunk,
-            dtype_name,
-            workers,
-            shuffle_buffer,
-            shuffle_block_buffer,
-        )
-        per_chunk = chunk_tokens(read_index(partial_dir / name))
-        tokens = sum(per_chunk)
-        check_token_count(name, counted, tokens)
-        if counted["documents"] != documents[name]:
-            raise RuntimeError(
-                f"prepare: {name}: {counted['documents']} documents were tokenized but "
-                f"{documents[name]} were found; nothing was written to output_dir"
-            )
-        usable = usable_tokens(per_chunk, block)
-        split_meta[name] = {
-            "documents": documents[name],
-            "document_tokens": counted["document_tokens"],
-            "eos_tokens": counted["eos_tokens"],
-            "tokens": tokens,
-            "usable_tokens": usable,
-            "chunks": len(per_chunk),
-        }
 
-    elapsed = time.perf_counter() - started
-    meta = {
-        "format": "jreg-lightning token shards (litdata TokensLoader)",
-        "tokenizer": TOKENIZER_FILE,
-        "tokenizer_source": tokenizer_source,
-        "vocab_size": vocab,
-        "eos_id": eos_id,
-        "add_special_tokens": False,
-        "dtype": dtype_name,
-        "seq_len": seq_len,
-        "chunk_blocks": blocks_per_chunk,
-        "splits": split_meta,
-        "empty_documents_skipped": scan.empty_documents,
-        "val_seed": seed,
-        "shuffle_seed": shuffle_seed,
-        "shuffle_buffer": shuffle_buffer,
-        "shuffle_block_buffer": shuffle_block_buffer if shuffle else None,
-        "num_workers": workers,
-        "bpe_sample": bpe_sample,
-        "inputs": [str(Path(p).absolute()) for p in inputs],
-        "text_field": text_field,
-        "command": command,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "seconds": round(elapsed, 2),
+
+def _write_checked_split(
+    name: str,
+    options: PrepareOptions,
+    corpus: Corpus,
+    tokenizer: SavedTokenizer,
+    folder: Path,
+    chunk_blocks: int,
+    workers: int,
+) -> dict[str, int]:
+    """Tokenize one split into ``folder/name`` and check every token arrived; its meta entry."""
+    block = options.seq_len + 1
+    seed = options.seed if options.shuffle and name == "train" else None
+    # Shuffled: one item per worker, so that each worker's block buffer mixes
+    # its whole share of the corpus (the shards then depend on num_workers).
+    documents = corpus.documents[name]
+    per_item = DOCUMENTS_PER_ITEM if seed is None else max(1, -(-documents // workers))
+    counted = _write_split(
+        name,
+        work_items(corpus.splits[name], seed, per_item),
+        folder / name,
+        tokenizer.path,
+        tokenizer.eos_id,
+        block,
+        chunk_blocks,
+        tokenizer.dtype,
+        workers,
+        options.shuffle_buffer,
+        options.shuffle_block_buffer,
+    )
+    per_chunk = chunk_tokens(read_index(folder / name))
+    tokens = sum(per_chunk)
+    check_token_count(name, counted, tokens)
+    if counted["documents"] != documents:
+        raise RuntimeError(
+            f"prepare: {name}: {counted['documents']} documents were tokenized but "
+            f"{documents} were found; nothing was written to output_dir"
+        )
+    return {
+        "documents": documents,
+        "document_tokens": counted["document_tokens"],
+        "eos_tokens": counted["eos_tokens"],
+        "tokens": tokens,
+        "usable_tokens": usable_tokens(per_chunk, block),
+        "chunks": len(per_chunk),
     }
-    write_meta(partial_dir, meta)
-    _swap_into_place(partial_dir, output, old_dir)
 
-    total = sum(s["tokens"] for s in split_meta.values())
-    print(f"prepare: {blocks_per_chunk} blocks of {block} tokens per chunk")
-    for name, info in split_meta.items():
+
+def _print_summary(meta: dict, output: Path, elapsed: float) -> None:
+    """The per-split token accounting and the throughput, from ``meta``."""
+    block = meta["seq_len"] + 1
+    print(f"prepare: {meta['chunk_blocks']} blocks of {block} tokens per chunk")
+    for name, info in meta["splits"].items():
         lost = info["tokens"] - info["usable_tokens"]
         print(
             f"prepare: {name}: {info['documents']} documents, {info['tokens']:,} tokens written "
@@ -609,30 +630,102 @@ def prepare(
             f"{info['chunks']} chunks, {info['usable_tokens']:,} usable as blocks of {block} "
             f"({lost:,} = {100 * lost / max(info['tokens'], 1):.2f}% dropped at chunk ends)"
         )
+    total = sum(s["tokens"] for s in meta["splits"].values())
     print(
         f"prepare: {total:,} tokens in {elapsed:.1f} s ({total / elapsed:,.0f} tokens/s); "
-        f"vocab {vocab} ({dtype_name}); wrote {output}"
+        f"vocab {meta['vocab_size']} ({meta['dtype']}); wrote {output}"
     )
+
+
+def prepare(options: PrepareOptions) -> dict:
+    """Tokenize ``options.inputs`` into litdata shards plus ``meta.json`` in ``options.output_dir``.
+
+    Steps: check the output folder, load the given tokenizer, scan and split the
+    documents, then in a partial folder save (or train) the tokenizer, write and
+    check the shards of each split and ``meta.json``, and rename it into place.
+
+    Returns:
+        The contents of ``meta.json``.
+    """
+    if is_remote(options.output_dir):
+        return _prepare_to_url(options)
+    started = time.perf_counter()
+    output = Path(options.output_dir).absolute()
+    partial_dir = output.parent / f".{output.name}.partial"
+    old_dir = output.parent / f".{output.name}.old"
+    _recover_interrupted_swap(output, old_dir)
+    _check_output(output, options.overwrite, options.input_paths)
+
+    given = load_tokenizer(options.tokenizer) if options.tokenizer is not None else None
+    # A dtype too narrow for the vocabulary fails here, before the inputs are read.
+    vocab = given[0].get_vocab_size(with_added_tokens=True) if given else options.vocab_size
+    token_dtype(vocab, options.dtype)
+    corpus = _documents(options)
+
+    if partial_dir.exists():  # left by a killed run
+        shutil.rmtree(partial_dir)
+    partial_dir.mkdir(parents=True)
+    tokenizer = _save_tokenizer(options, given, corpus, partial_dir)
+    train_share = corpus.documents["train"] / corpus.scan.num_documents
+    chunk_blocks = (
+        auto_chunk_blocks(int(corpus.scan.characters * train_share), options.seq_len + 1)
+        if options.chunk_blocks == "auto"
+        else options.chunk_blocks
+    )
+    workers = options.num_workers or os.cpu_count() or 1
+    splits = {
+        name: _write_checked_split(
+            name, options, corpus, tokenizer, partial_dir, chunk_blocks, workers
+        )
+        for name in corpus.splits
+    }
+
+    elapsed = time.perf_counter() - started
+    meta = {
+        "format": "jreg-lightning token shards (litdata TokensLoader)",
+        "tokenizer": TOKENIZER_FILE,
+        "tokenizer_source": tokenizer.source,
+        "vocab_size": tokenizer.vocab_size,
+        "eos_id": tokenizer.eos_id,
+        "add_special_tokens": False,
+        "dtype": tokenizer.dtype,
+        "seq_len": options.seq_len,
+        "chunk_blocks": chunk_blocks,
+        "splits": splits,
+        "empty_documents_skipped": corpus.scan.empty_documents,
+        "val_seed": options.seed,
+        "shuffle_seed": options.seed if options.shuffle else None,
+        "shuffle_buffer": options.shuffle_buffer,
+        "shuffle_block_buffer": options.shuffle_block_buffer if options.shuffle else None,
+        "num_workers": workers,
+        "bpe_sample": tokenizer.bpe_sample,
+        "inputs": [str(Path(p).absolute()) for p in options.input_paths],
+        "text_field": options.text_field,
+        "command": prepare_command(options),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": round(elapsed, 2),
+    }
+    write_meta(partial_dir, meta)
+    _swap_into_place(partial_dir, output, old_dir)
+    _print_summary(meta, output, elapsed)
     return meta
 
 
-def _prepare_to_url(arguments: dict, command: str) -> dict:
+def _prepare_to_url(options: PrepareOptions) -> dict:
     """``prepare`` into a local staging folder, then upload it to the URL ``output_dir``.
 
     The destination is checked first (scheme, bucket, credentials, an empty prefix unless
     ``overwrite``), so bad input fails before any work; the token check runs on the staged
     shards as for a local folder, and nothing is uploaded unless it passed.
     """
-    url = str(arguments["output_dir"]).rstrip("/")
-    options = arguments["storage_options"]
-    occupied = check_destination(url, arguments["overwrite"], "output_dir", options)
+    url = str(options.output_dir).rstrip("/")
+    storage = options.storage_options
+    occupied = check_destination(url, options.overwrite, "output_dir", storage)
     with tempfile.TemporaryDirectory(prefix="jreg-prepare-") as staging:
         local = Path(staging) / "data"
-        arguments = {**arguments, "output_dir": str(local), "overwrite": False}
-        arguments.pop("command", None)
-        meta = prepare(**arguments)
-        meta.update(command=command, location=url)
+        meta = prepare(replace(options, output_dir=str(local), overwrite=False))
+        meta.update(command=prepare_command(options), location=url)
         write_meta(local, meta)
-        count = upload_folder(local, url, "output_dir", options, replace=occupied)
+        count = upload_folder(local, url, "output_dir", storage, replace=occupied)
     print(f"prepare: uploaded {count} files to {url}")
     return meta

@@ -9,7 +9,7 @@ from pathlib import Path
 from jreg_lightning.errors import ConfigError
 from jreg_tools.evaluation.evaluate import Backend, evaluate_tasks
 from jreg_tools.evaluation.models import load_eval_model
-from jreg_tools.evaluation.perplexity import measure_perplexity
+from jreg_tools.evaluation.perplexity import measure_perplexity, scored_data
 
 
 def comparison_rows(results: dict[str, dict]) -> list[tuple[str, list[str]]]:
@@ -71,7 +71,8 @@ def compare(
     models: list[str],
     names: list[str] | None = None,
     tasks: list[str] | str | None = None,
-    data: str | None = None,
+    data_dir: str | None = None,
+    text: str | None = None,
     tokenizer: str | None = None,
     backend: Backend = "builtin",
     seq_len: int | None = None,
@@ -84,7 +85,7 @@ def compare(
 ) -> dict:
     """Evaluate two or more models on the same tasks and data; print one side-by-side table.
 
-    Rows: validation loss, perplexity, J, J_late and the jump layer on ``data``
+    Rows: validation loss, perplexity, J, J_late and the jump layer on ``data_dir`` or ``text``
     (final state after the final norm), then acc and acc_norm of each task.
     Models are loaded one at a time.
 
@@ -92,7 +93,8 @@ def compare(
         models: exported HF folders and/or checkpoints, e.g. the baseline and the JREG run.
         names: column labels, one per model (default: folder or file names).
         tasks: multiple-choice task YAMLs (see ``cli.py evaluate``).
-        data: prepared shards or a text file for perplexity and the profile.
+        data_dir: prepared shards for perplexity and the profile.
+        text: a UTF-8 text file instead of ``data_dir``.
         tokenizer: tokenizer for checkpoints (HF folders bring their own).
         backend: ``builtin`` scorer or lm-evaluation-harness.
         seq_len: tokens per perplexity block (default: each model's max_position_embeddings).
@@ -108,8 +110,11 @@ def compare(
         raise ConfigError("models: pass two or more, e.g. --models [runs/base/hf,runs/jreg/hf]")
     if names is not None and len(names) != len(models):
         raise ConfigError(f"names: got {len(names)} names for {len(models)} models; give one each")
+    data = scored_data(data_dir, text)
     if not tasks and data is None:
-        raise ConfigError("compare needs --tasks and/or --data: there is nothing to measure")
+        raise ConfigError(
+            "compare needs --tasks and/or --data_dir (or --text): there is nothing to measure"
+        )
     results: dict[str, dict] = {}
     for index, path in enumerate(models):
         loaded = load_eval_model(path, tokenizer, names[index] if names else None, device)

@@ -92,7 +92,8 @@ def measure_perplexity(
     data = as_location(data)
     if not is_remote(data) and not data.exists():
         raise InputNotFoundError(
-            f"data: {data} does not exist; pass prepared shards or a .txt file"
+            f"data_dir: {data} does not exist; pass --data_dir prepared shards "
+            "or --text a .txt file"
         )
     seq_len = seq_len or model.max_length
     if seq_len > model.max_length:
@@ -112,7 +113,7 @@ def measure_perplexity(
         vocab = shard_vocab_size(data)
         if vocab is not None and vocab > model.model.config.vocab_size:
             raise ConfigError(
-                f"data: {data} was tokenized with {vocab} tokens but the model has "
+                f"data_dir: {data} was tokenized with {vocab} tokens but the model has "
                 f"{model.model.config.vocab_size}; use the data the model was trained on"
             )
         batches = shard_batches(data, split, seq_len, batch_size, max_batches or sys.maxsize)
@@ -120,9 +121,26 @@ def measure_perplexity(
     return {"model": str(model.path), "data": source, "seq_len": seq_len, **result}
 
 
+def scored_data(data_dir: str | None, text: str | None) -> str | None:
+    """What perplexity scores: ``data_dir`` (prepared shards, a folder or URL) or ``text``.
+
+    Returns ``None`` when neither is given; refuses both, and each given as the other kind.
+    """
+    if data_dir is not None and text is not None:
+        raise ConfigError(
+            "data_dir, text: pass one of --data_dir (prepared shards) and --text (a text file)"
+        )
+    if data_dir is not None and not is_remote(data_dir) and Path(data_dir).is_file():
+        raise ConfigError(f"data_dir: {data_dir} is a file; pass a text file as --text {data_dir}")
+    if text is not None and Path(text).is_dir():
+        raise ConfigError(f"text: {text} is a folder; pass prepared shards as --data_dir {text}")
+    return data_dir if data_dir is not None else text
+
+
 def perplexity(
     model: str,
-    data: str,
+    data_dir: str | None = None,
+    text: str | None = None,
     tokenizer: str | None = None,
     seq_len: int | None = None,
     batch_size: int = 8,
@@ -138,8 +156,9 @@ def perplexity(
 
     Args:
         model: an exported HF folder, a Lightning ``.ckpt`` or an FSDP2 checkpoint folder.
-        data: a folder of ``cli.py prepare`` (its ``split`` is read), one litdata
-            split folder, or a UTF-8 text file (tokenized with the model's tokenizer).
+        data_dir: a folder of ``cli.py prepare`` (its ``split`` is read) or one litdata
+            split folder.
+        text: a UTF-8 text file instead of ``data_dir`` (tokenized with the model's tokenizer).
         tokenizer: tokenizer for a text file when the model has none (a checkpoint).
         seq_len: tokens per scored block (default: the model's max_position_embeddings).
         batch_size: blocks per forward pass.
@@ -148,6 +167,11 @@ def perplexity(
         device: torch device.
         output: JSON file to write the result to.
     """
+    data = scored_data(data_dir, text)
+    if data is None:
+        raise ConfigError(
+            "data_dir, text: pass --data_dir prepared shards or --text a text file to score"
+        )
     loaded = load_eval_model(model, tokenizer, device=device)
     result = measure_perplexity(loaded, data, seq_len, batch_size, max_batches, split)
     print(format_perplexity(result))

@@ -25,7 +25,7 @@ def ensure_data(spec: StudySpec) -> None:
     """Build the study's corpus and shards when ``data.data_dir`` holds none."""
     from jreg_lightning.data.shard_meta import read_meta
     from jreg_tools.data.demo_corpus import write_demo_corpus
-    from jreg_tools.data.prepare import prepare
+    from jreg_tools.data.prepare import PrepareOptions, prepare
 
     if read_meta(spec.data.data_dir) is not None:
         return
@@ -35,13 +35,15 @@ def ensure_data(spec: StudySpec) -> None:
         write_demo_corpus(corpus, max_documents=spec.data.max_documents, kind=spec.data.corpus)
     base = yaml.safe_load(spec.base.read_text())
     prepare(
-        inputs=[str(corpus)],
-        output_dir=spec.data.data_dir,
-        vocab_size=spec.data.vocab_size,
-        seq_len=base["data"]["seq_len"],
-        val_fraction=spec.data.val_fraction,
-        num_workers=spec.data.num_workers,
-        overwrite=True,
+        PrepareOptions(
+            inputs=[str(corpus)],
+            output_dir=spec.data.data_dir,
+            vocab_size=spec.data.vocab_size,
+            seq_len=base["data"]["seq_len"],
+            val_fraction=spec.data.val_fraction,
+            num_workers=spec.data.num_workers,
+            overwrite=True,
+        )
     )
 
 
