@@ -116,11 +116,11 @@ def hand_round(module, loader, args) -> list[float]:
         batch = next(batches).to(args.device, non_blocking=True)
         inputs, targets = batch[:, :-1], batch[:, 1:].long()
         # The module's own JREG work: Psi_l made inside the forward, block by block.
-        with module.regularizer.capture(model) as psi:
-            logits, _ = module.forward_with_states(inputs)
+        jreg = module.regularizer.enabled
+        logits, _ = module.forward_with_states(inputs, record_psi=jreg)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        if module.regularizer.enabled:
-            loss = loss + module.regularizer.combine(psi)[0]
+        if jreg:
+            loss = loss + module.regularizer.term().term
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

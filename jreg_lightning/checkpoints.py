@@ -280,6 +280,25 @@ def _load_dcp_weights(path: Path) -> dict[str, Tensor]:
     return loaded[entry]
 
 
+PRE_NORM_COPY_PREFIX = "_pre_norm_hooked."
+
+
+def drop_pre_norm_model_copy(state_dict: dict[str, Tensor]) -> None:
+    """Remove, in place, the second copy of the model some ``pre_norm`` checkpoints hold.
+
+    Which files carry it: checkpoints of ``fit`` runs with ``jreg.final_state:
+    pre_norm`` written by the code of 2026-11-29 to 2026-11-30 (commits d0cc0b0
+    to ac31aee), whose module held the hooked model in an attribute
+    ``_pre_norm_hooked``: torch registered it as a submodule, so every weight is
+    stored twice, the copy under ``_pre_norm_hooked.`` (the study's ``pre_norm``
+    runs of 2026-11-29 wrote such files; see docs/study_log.md). The copy is the
+    same model: dropping it loads the run's weights. ``on_load_checkpoint`` of the
+    module calls it, so ``validate``, ``test`` and a resume read these files.
+    """
+    for key in [k for k in state_dict if k.startswith(PRE_NORM_COPY_PREFIX)]:
+        del state_dict[key]
+
+
 def hf_state_dict(module_state: dict[str, Tensor]) -> dict[str, Tensor]:
     """The ``LlamaForCausalLM`` keys of a module state dict.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import asdict
 from typing import NamedTuple
 
@@ -19,7 +18,7 @@ from transformers.utils.output_capturing import (
     maybe_install_capturing_hooks as install_hidden_state_hooks,
 )
 
-from jreg_lightning.checkpoints import reopen_unfinished_epoch
+from jreg_lightning.checkpoints import drop_pre_norm_model_copy, reopen_unfinished_epoch
 from jreg_lightning.displacement import layer_sums_and_counts
 from jreg_lightning.errors import ConfigError
 from jreg_lightning.gradients import (
@@ -48,10 +47,22 @@ from jreg_lightning.pretrained import (
 )
 from jreg_lightning.regularizer import JregConfig, JumpRegularizer
 
-STALE_PRE_NORM_PREFIX = "_pre_norm_hooked."
 
-# ce, JREG term (None at lam = 0), detached Psi sums of the active layers, h_0 ... h_L.
-TrainingLosses = tuple[Tensor, Tensor | None, dict[int, Tensor], list[Tensor]]
+class TrainingLosses(NamedTuple):
+    """What one training step's loss is made of (``JregLightningModule.training_losses``).
+
+    Attributes:
+        ce: the mean next-token cross-entropy (float32 scalar).
+        jreg: the term ``lam * sum_l w_l * Psi_l``; None at lam = 0.
+        layer_sums: the detached Psi sums of the active layers, keyed by 0-based
+            index (empty at lam = 0), reused by the logged profile.
+        states: h_0 ... h_L of the JREG config.
+    """
+
+    ce: Tensor
+    jreg: Tensor | None
+    layer_sums: dict[int, Tensor]
+    states: list[Tensor]
 
 
 def _as_config(value, cls):
@@ -125,11 +136,6 @@ class JregLightningModule(L.LightningModule):
         self.model = None
         # The training loss as one torch.compile graph (compile_scope "loss"), else None.
         self._compiled_losses = None
-        # The last block's raw output (final_state "pre_norm"), kept by a persistent hook.
-        self._last_block_output: dict[str, Tensor] = {}
-        # id() of the model whose last block is hooked: an attribute holding the model
-        # itself would register it a second time as a submodule (and in checkpoints).
-        self._pre_norm_hooked: int | None = None
         self.last_validation: dict | None = None
         self.nonfinite_guard = NonFiniteGuard(nonfinite)
 
@@ -175,6 +181,7 @@ class JregLightningModule(L.LightningModule):
             seed = torch.initial_seed()
             init_range = self.llama_config.initializer_range
             self.model = materialize_llama(model, device, init_range, seed)
+        self.regularizer.attach(self.model)
         if compile_target == "blocks":
             self.regularizer.compile_displacement()
         elif compile_target == "loss":
@@ -185,16 +192,18 @@ class JregLightningModule(L.LightningModule):
 
         What ``compile_scope: loss`` does after the model is built. Transformers'
         hidden-state hooks are installed first, eagerly, so that the graph does not
-        break on their one-time installation.
+        break on their one-time installation, and so are the regularizer's, which
+        the graph traces with the forward.
         """
         install_hidden_state_hooks(self.model.model)
+        self.regularizer.attach(self.model)
         self._compiled_losses = torch.compile(self.training_losses)
 
     def _data_parallel_mesh(self):
         """The strategy's data-parallel mesh under ``ModelParallelStrategy``, else None."""
-        if self._device_mesh is None:
+        mesh = self.device_mesh
+        if mesh is None:
             return None
-        mesh = self._device_mesh
         names = mesh.mesh_dim_names or ()
         if "tensor_parallel" in names and mesh["tensor_parallel"].size() != 1:
             raise ConfigError(
@@ -203,37 +212,30 @@ class JregLightningModule(L.LightningModule):
             )
         return mesh["data_parallel"] if names else mesh
 
-    def forward_with_states(self, input_ids: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Logits ``(batch, seq, vocab)`` and the states h_0 ... h_L of the JREG config."""
-        self._ensure_pre_norm_capture()
-        out = self.model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
-        last = self._last_block_output.pop("h", None)
-        states = self.regularizer.select_states(out.hidden_states, last)
-        return out.logits, states
+    def forward_with_states(
+        self, input_ids: Tensor, record_psi: bool = False
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Logits ``(batch, seq, vocab)`` and the states h_0 ... h_L of the JREG config.
 
-    def _ensure_pre_norm_capture(self) -> None:
-        """Hook the last block once to keep its raw output (``final_state: pre_norm``).
-
-        A persistent hook, installed outside any compiled region, so that a compiled
-        loss traces it like the rest of the forward instead of seeing hooks change.
+        Args:
+            input_ids: ``(batch, seq)`` token ids.
+            record_psi: also compute the active layers' Psi during the forward, for
+                ``regularizer.term()`` (the training loss).
         """
-        if self.jreg_config.final_state != "pre_norm" or self._pre_norm_hooked == id(self.model):
-            return
-
-        def keep_output(_module, _inputs, output):
-            self._last_block_output["h"] = output[0] if isinstance(output, tuple) else output
-
-        self.model.model.layers[-1].register_forward_hook(keep_output)
-        self._pre_norm_hooked = id(self.model)
+        if not torch.compiler.is_compiling():
+            # A model set after configure_model (benches, tests) gets its hooks here.
+            self.regularizer.attach(self.model)
+        return self.regularizer.run_model(self.model, input_ids, record_psi=record_psi)
 
     # -------------------------------------------------------------- training
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         """One step: forward -> CE + lam * sum_l w_l Psi_l; metrics at log steps only."""
         if self._compiled_losses is not None:
-            self._ensure_pre_norm_capture()
-            ce, jreg, layer_sums, states = self._compiled_losses(batch)
+            self.regularizer.attach(self.model)  # no-op unless the model was replaced
+            losses = self._compiled_losses(batch)
         else:
-            ce, jreg, layer_sums, states = self.training_losses(batch)
+            losses = self.training_losses(batch)
+        ce, jreg = losses.ce, losses.jreg
         loss = ce if jreg is None else ce + jreg
         # NaN/inf: ``stop`` only records the step on the device here and raises at the next
         # log step or checkpoint save; ``skip`` (opt-in, one sync per step) drops the batch.
@@ -243,7 +245,9 @@ class JregLightningModule(L.LightningModule):
         if self._is_log_step():
             self.nonfinite_guard.raise_if_bad(self._last_checkpoint_path())
             with torch.no_grad():
-                self.train_profile.update(*layer_sums_and_counts(states, known=layer_sums))
+                self.train_profile.update(
+                    *layer_sums_and_counts(losses.states, known=losses.layer_sums)
+                )
             profile = self.train_profile.compute()
             self.train_profile.reset()
             metrics = {"train/ce": ce.detach()}
@@ -256,23 +260,19 @@ class JregLightningModule(L.LightningModule):
         return loss
 
     def training_losses(self, batch: Tensor) -> TrainingLosses:
-        """CE, the JREG term (None at lam = 0), its per-layer Psi sums and h_0 ... h_L.
+        """CE + the regularizer's term, with its per-layer Psi sums and h_0 ... h_L.
 
-        The one loss path, run eagerly or as one graph (``compile_training_loss``).
-        Eagerly, Psi_l is computed inside the forward right after block l (the
-        regularizer's ``capture``), so that in backward each JREG gradient is made
-        just before its block needs it; in a compiled graph the compiler orders the
-        backward itself and the term is computed from the states, without hooks.
+        The one loss path, run eagerly or as one graph (``compile_training_loss``):
+        the regularizer's hooks compute Psi_l inside the forward right after block
+        l (see ``JumpRegularizer.attach``), and ``term`` reads them.
         """
         inputs, targets = next_token_split(batch)
-        capture = self.regularizer.enabled and not torch.compiler.is_compiling()
-        with self.regularizer.capture(self.model) if capture else nullcontext({}) as psi:
-            logits, states = self.forward_with_states(inputs)
+        logits, states = self.forward_with_states(inputs, record_psi=self.regularizer.enabled)
         ce = token_cross_entropy(logits, targets)
         if not self.regularizer.enabled:
-            return ce, None, {}, states
-        jreg, layer_sums, _ = self.regularizer.combine(psi) if capture else self.regularizer(states)
-        return ce, jreg, layer_sums, states
+            return TrainingLosses(ce, None, {}, states)
+        jreg = self.regularizer.term()
+        return TrainingLosses(ce, jreg.term, jreg.layer_sums, states)
 
     def _is_log_step(self) -> bool:
         trainer = self._trainer
@@ -393,14 +393,14 @@ class JregLightningModule(L.LightningModule):
         reopen_unfinished_epoch(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse a checkpoint of another model shape (one line, before any weight is copied)."""
+        """Refuse a checkpoint of another model shape (one line, before any weight is copied).
+
+        Some ``pre_norm`` checkpoints hold a second copy of the model; it is dropped
+        (``jreg_lightning.checkpoints.drop_pre_norm_model_copy``).
+        """
         check_checkpoint_shape(checkpoint.get("hyper_parameters"), self.llama_config, "checkpoint")
         self.nonfinite_guard.load_state_dict(checkpoint.get("nonfinite", {}))
-        # pre_norm checkpoints written before 2026-11-30 hold the model twice, the second
-        # copy under this prefix (the hook marker was the model itself); drop that copy.
-        state = checkpoint.get("state_dict") or {}
-        for key in [k for k in state if k.startswith(STALE_PRE_NORM_PREFIX)]:
-            del state[key]
+        drop_pre_norm_model_copy(checkpoint.get("state_dict") or {})
 
     def _last_checkpoint_path(self) -> str | None:
         """The newest checkpoint this run has written and its step, for the non-finite message."""

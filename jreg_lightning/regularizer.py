@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -60,12 +60,32 @@ class JregConfig:
             )
 
 
+class JregTerm(NamedTuple):
+    """The JREG term of one batch.
+
+    Attributes:
+        term: the scalar ``lam * sum_l w_l * Psi_l`` (float32, differentiable).
+        layer_sums: the detached per-position Psi sums of the computed (non-zero
+            weight) layers, keyed by 0-based layer index.
+        count: the number of positions (float32 scalar).
+    """
+
+    term: Tensor
+    layer_sums: dict[int, Tensor]
+    count: Tensor
+
+
 class JumpRegularizer(torch.nn.Module):
-    """Computes ``lam * sum_l w_l * Psi_l`` layer by layer.
+    """Computes ``lam * sum_l w_l * Psi_l`` layer by layer, and captures the states it needs.
 
     Only layers with a non-zero weight are computed, one pair of states at a
     time, so no float32 copy of all hidden states ever exists. Gradients flow
     through both states of each pair.
+
+    Training (eager or one compiled graph alike): ``attach`` installs forward
+    hooks on the model once, ``run_model(..., record_psi=True)`` runs the forward
+    in which the hooks compute each active layer's Psi right after its block,
+    and ``term`` reads them. ``forward`` computes the same term from given states.
 
     With ``compile=True`` the per-pair displacement is ``torch.compile``-d: its
     casts, products and reductions fuse into a few kernels in forward and
@@ -79,7 +99,7 @@ class JumpRegularizer(torch.nn.Module):
         super().__init__()
         self.config = config
         self.num_layers = num_layers
-        self._displacement = displacement
+        self._displacement: Callable[[Tensor, Tensor], Tensor] = displacement
         if compile:
             self.compile_displacement()
         try:
@@ -91,6 +111,16 @@ class JumpRegularizer(torch.nn.Module):
         self.register_buffer("weights", weights, persistent=False)
         self.active_layers = [i for i, w in enumerate(weights.tolist()) if w > 0]
         self._weight_values = weights.tolist()
+        # The hooked model, by weak reference: an attribute holding the model itself
+        # would register it as a submodule (a second copy in every checkpoint).
+        self._attached: weakref.ref | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        # What the hooks do, switched by run_model: "states" keeps the last block's
+        # raw output (pre_norm), "psi" computes the active layers' Psi. Plain dicts,
+        # mutated in place, so that a compiled graph traces the switches like the forward.
+        self._recording: dict[str, bool] = {"states": False, "psi": False}
+        self._psi: dict[int, Tensor] = {}
+        self._held: dict[str, Tensor] = {}
 
     def compile_displacement(self) -> None:
         """``torch.compile`` the per-pair displacement (one graph reused by every layer)."""
@@ -100,6 +130,91 @@ class JumpRegularizer(torch.nn.Module):
     def enabled(self) -> bool:
         """Whether the term enters the loss (lam > 0)."""
         return self.config.lam > 0
+
+    # ----------------------------------------------------------- capture
+    def attach(self, model: torch.nn.Module) -> None:
+        """Install the capture hooks on a Hugging Face ``LlamaForCausalLM``, once per model.
+
+        Persistent forward hooks on the active decoder blocks (and on the final
+        norm, which gives h_L for ``post_norm``), and on the last block for the
+        ``pre_norm`` final state. Call it before ``torch.compile`` traces the
+        model: a compiled graph runs the hooks that exist when it is traced.
+        They do nothing outside ``run_model``. A second call with the same model
+        is a no-op; another model moves the hooks there.
+
+        Computed after the whole forward instead, every Psi node would run first
+        in backward and the JREG gradients of all L states would wait in memory
+        until the model's backward reached them (one extra ``(batch, seq,
+        hidden)`` buffer per layer at the peak). Made inside the forward in
+        block order, each runs just before its block's backward.
+        """
+        if self._attached is not None and self._attached() is model:
+            return
+        self.detach()
+        layers = model.model.layers
+        last = self.num_layers - 1
+        post_norm = self.config.final_state == "post_norm"
+        recording, psi, held = self._recording, self._psi, self._held
+
+        def block_hook(index: int):
+            def hook(_module, args, kwargs, output) -> None:
+                if not recording["psi"]:
+                    return
+                h_prev = args[0] if args else kwargs["hidden_states"]
+                if index == last and post_norm:
+                    held["norm_input"] = h_prev  # h_L is the final norm's output
+                else:
+                    h_next = output[0] if isinstance(output, tuple) else output
+                    psi[index] = self._displacement(h_prev, h_next)
+
+            return hook
+
+        def norm_hook(_module, _args, output) -> None:
+            if recording["psi"]:
+                psi[last] = self._displacement(held.pop("norm_input"), output)
+
+        def keep_last_output(_module, _args, output) -> None:
+            if recording["states"]:
+                held["pre_norm"] = output[0] if isinstance(output, tuple) else output
+
+        handles = [
+            layers[index].register_forward_hook(block_hook(index), with_kwargs=True)
+            for index in self.active_layers
+        ]
+        if post_norm and last in self.active_layers:
+            handles.append(model.model.norm.register_forward_hook(norm_hook))
+        if not post_norm:
+            handles.append(layers[last].register_forward_hook(keep_last_output))
+        self._handles = handles
+        self._attached = weakref.ref(model)
+
+    def detach(self) -> None:
+        """Remove the hooks ``attach`` installed (none: no-op)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._attached = None
+
+    def run_model(
+        self, model: torch.nn.Module, input_ids: Tensor, record_psi: bool = False
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Logits ``(batch, seq, vocab)`` and h_0 ... h_L of one forward of an attached model.
+
+        Args:
+            model: the ``LlamaForCausalLM`` given to ``attach``.
+            input_ids: ``(batch, seq)`` token ids.
+            record_psi: compute the active layers' Psi during the forward, for ``term``.
+        """
+        recording = self._recording
+        if record_psi:
+            self._psi.clear()
+        recording["states"], recording["psi"] = True, record_psi
+        try:
+            out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
+        finally:
+            recording["states"], recording["psi"] = False, False
+        states = self.select_states(out.hidden_states, self._held.pop("pre_norm", None))
+        return out.logits, states
 
     def select_states(
         self, hidden_states: Sequence[Tensor], pre_norm_final: Tensor | None = None
@@ -122,97 +237,46 @@ class JumpRegularizer(torch.nn.Module):
             states[-1] = pre_norm_final
         return states
 
-    def forward(
-        self, states: Sequence[Tensor], mask: Tensor | None = None
-    ) -> tuple[Tensor, dict[int, Tensor], Tensor]:
-        """The JREG term of one batch.
+    # -------------------------------------------------------------- term
+    def term(self, mask: Tensor | None = None) -> JregTerm:
+        """The term of the last ``run_model(..., record_psi=True)``; its Psi are consumed.
+
+        Args:
+            mask: ``(batch, seq)``, 1 at real tokens; None for all positions.
+
+        Returns:
+            The same ``JregTerm`` (values and gradients) as ``forward`` on that
+            forward's states.
+        """
+        missing = [index for index in self.active_layers if index not in self._psi]
+        if missing:
+            raise RuntimeError(
+                f"jreg: no Psi recorded for layers {missing}; run the forward with "
+                "run_model(model, input_ids, record_psi=True) on a model given to attach()"
+            )
+        sums_counts = [
+            masked_sum_and_count(self._psi.pop(index), mask) for index in self.active_layers
+        ]
+        sums = torch.stack([total for total, _ in sums_counts])
+        return self._weighted_term(sums, sums_counts[-1][1])
+
+    def forward(self, states: Sequence[Tensor], mask: Tensor | None = None) -> JregTerm:
+        """The JREG term of one batch from its states.
 
         Args:
             states: h_0 ... h_L, each ``(batch, seq, hidden)`` (see ``select_states``).
             mask: ``(batch, seq)``, 1 at real tokens; None for all positions.
-
-        Returns:
-            ``(term, layer_sums, count)``: the scalar ``lam * sum_l w_l * Psi_l``
-            (float32, differentiable), the detached per-position Psi sums of the
-            computed (non-zero weight) layers keyed by 0-based layer index, and
-            the number of positions.
         """
         sums, count = layer_sums_and_counts(
             states, mask, layers=self.active_layers, psi=self._displacement
         )
         return self._weighted_term(sums, count)
 
-    def combine(
-        self, psi: dict[int, Tensor], mask: Tensor | None = None
-    ) -> tuple[Tensor, dict[int, Tensor], Tensor]:
-        """The term of ``forward`` from per-position Psi of the active layers (``capture``).
-
-        Args:
-            psi: ``(batch, seq)`` float32 Psi per active layer, keyed by 0-based index.
-            mask: ``(batch, seq)``, 1 at real tokens; None for all positions.
-
-        Returns:
-            ``(term, layer_sums, count)`` as ``forward``.
-        """
-        sums_counts = [masked_sum_and_count(psi[index], mask) for index in self.active_layers]
-        sums = torch.stack([total for total, _ in sums_counts])
-        return self._weighted_term(sums, sums_counts[-1][1])
-
-    def _weighted_term(
-        self, sums: Tensor, count: Tensor
-    ) -> tuple[Tensor, dict[int, Tensor], Tensor]:
+    def _weighted_term(self, sums: Tensor, count: Tensor) -> JregTerm:
         """``lam * sum_l w_l * sums_l / count`` over the active layers (``sums`` in their order)."""
         term = None
         for position, index in enumerate(self.active_layers):
             weighted = self._weight_values[index] * (sums[position] / count.clamp_min(1.0))
             term = weighted if term is None else term + weighted
         layer_sums = dict(zip(self.active_layers, sums.detach().unbind(), strict=True))
-        return self.config.lam * term, layer_sums, count
-
-    @contextmanager
-    def capture(self, model: torch.nn.Module) -> Iterator[dict[int, Tensor]]:
-        """Compute each active layer's Psi inside the model's forward, block by block.
-
-        Forward hooks on the decoder blocks (and the final norm for the
-        ``post_norm`` final state) of a Hugging Face ``LlamaForCausalLM``
-        compute Psi_l right after block l. Computed after the whole forward
-        instead, every Psi node would run first in backward and the JREG
-        gradients of all L states would wait in memory until the model's
-        backward reached them (one extra ``(batch, seq, hidden)`` buffer per
-        layer at the peak). Created in order, each runs just before its block's
-        backward. Values and gradients are those of ``forward``.
-
-        Yields:
-            The dict ``combine`` takes, filled during the forward.
-        """
-        psi: dict[int, Tensor] = {}
-        last = self.num_layers - 1
-        post_norm = self.config.final_state == "post_norm"
-        last_input: dict[str, Tensor] = {}
-
-        def block_hook(index: int):
-            def hook(_module, args, kwargs, output):
-                h_prev = args[0] if args else kwargs["hidden_states"]
-                h_next = output[0] if isinstance(output, tuple) else output
-                if index == last and post_norm:
-                    last_input["h"] = h_prev  # h_L is the final norm's output
-                else:
-                    psi[index] = self._displacement(h_prev, h_next)
-
-            return hook
-
-        def norm_hook(_module, _args, output):
-            psi[last] = self._displacement(last_input.pop("h"), output)
-
-        layers = model.model.layers
-        handles = [
-            layers[index].register_forward_hook(block_hook(index), with_kwargs=True)
-            for index in self.active_layers
-        ]
-        if post_norm and last in self.active_layers:
-            handles.append(model.model.norm.register_forward_hook(norm_hook))
-        try:
-            yield psi
-        finally:
-            for handle in handles:
-                handle.remove()
+        return JregTerm(self.config.lam * term, layer_sums, count)

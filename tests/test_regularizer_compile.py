@@ -45,7 +45,7 @@ def test_module_compiles_the_term_with_the_blocks_only():
 @pytest.mark.parametrize("final_state", ["post_norm", "pre_norm"])
 @pytest.mark.parametrize("weights", ["linear", "final"])
 def test_psi_captured_in_forward_equals_psi_from_states(final_state, weights):
-    """``capture`` (Psi made block by block) gives ``forward``'s term and gradients."""
+    """``term`` (Psi made block by block by the hooks) gives ``forward``'s term and gradients."""
     from jreg_lightning.model_config import LlamaModelConfig, build_llama
     from tests.conftest import TINY_LLAMA
 
@@ -53,15 +53,17 @@ def test_psi_captured_in_forward_equals_psi_from_states(final_state, weights):
     config = JregConfig(lam=0.5, weights=weights, final_state=final_state)
     model = build_llama(LlamaModelConfig(**TINY_LLAMA))
     regularizer = JumpRegularizer(config, TINY_LLAMA["num_layers"])
+    regularizer.attach(model)
     tokens = torch.randint(0, TINY_LLAMA["vocab_size"], (2, 12))
     last: dict = {}
     hook = model.model.layers[-1].register_forward_hook(lambda m, a, out: last.update(h=out))
-    with regularizer.capture(model) as psi:
-        out = model(input_ids=tokens, output_hidden_states=True, use_cache=False)
+    _, states = regularizer.run_model(model, tokens, record_psi=True)
     hook.remove()
-    assert sorted(psi) == regularizer.active_layers
-    states = regularizer.select_states(out.hidden_states, last["h"])
-    captured, captured_sums, _ = regularizer.combine(psi)
+    assert sorted(regularizer._psi) == regularizer.active_layers
+    if final_state == "pre_norm":
+        assert states[-1] is last["h"]
+    captured, captured_sums, _ = regularizer.term()
+    assert not regularizer._psi
     reference, reference_sums, _ = regularizer(states)
     torch.testing.assert_close(captured, reference)
     torch.testing.assert_close(
@@ -75,3 +77,26 @@ def test_psi_captured_in_forward_equals_psi_from_states(final_state, weights):
             assert g is None or not g.any()
         else:
             torch.testing.assert_close(g, e)
+
+
+def test_hooks_are_idle_outside_a_recording_forward():
+    """Attached hooks record nothing in a plain forward or one without ``record_psi``."""
+    from jreg_lightning.model_config import LlamaModelConfig, build_llama
+    from tests.conftest import TINY_LLAMA
+
+    torch.manual_seed(0)
+    config = JregConfig(lam=0.5, weights="linear", final_state="pre_norm")
+    model = build_llama(LlamaModelConfig(**TINY_LLAMA))
+    regularizer = JumpRegularizer(config, TINY_LLAMA["num_layers"])
+    regularizer.attach(model)
+    regularizer.attach(model)  # once per model
+    assert len(regularizer._handles) == len(regularizer.active_layers) + 1
+    tokens = torch.randint(0, TINY_LLAMA["vocab_size"], (2, 12))
+    model(input_ids=tokens, output_hidden_states=True)
+    regularizer.run_model(model, tokens)
+    assert not regularizer._psi and not regularizer._held
+    with pytest.raises(RuntimeError, match="record_psi=True"):
+        regularizer.term()
+    regularizer.detach()
+    with pytest.raises(ValueError, match="needs the last block's raw output"):
+        regularizer.run_model(model, tokens)
