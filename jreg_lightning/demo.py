@@ -23,7 +23,12 @@ from jreg_lightning.console import quiet_console
 from jreg_lightning.study.command import ensure_data
 from jreg_lightning.study.runner import read_result, train_study
 from jreg_lightning.study.spec import load_study
-from jreg_lightning.study.verdict import one_sentence
+from jreg_lightning.study.verdict import one_sentence, run_metrics
+
+# The mean Psi_2..Psi_{L-1} of the CPU study's three baselines at step 600
+# (docs/results.md): the middle blocks of a model that is learning. A run whose middle
+# blocks idle (far below this) shows a large J that means nothing.
+STUDY_MIDDLE_PSI = (0.0078, 0.0104)
 
 
 def demo(config_file: str = "configs/study/demo.yaml", full: bool = False) -> dict:
@@ -59,6 +64,7 @@ def demo(config_file: str = "configs/study/demo.yaml", full: bool = False) -> di
     )
     print()
     print(format_side_by_side({labels[name]: final for name, final in finals.items()}))
+    print(middle_line({labels[name]: final for name, final in finals.items()}))
     print(f"runs (logs, checkpoints):  {spec.output_dir.absolute()}")
     print(f"profile overlay:           {plot}")
     baseline = next(run.name for run in spec.runs if run.is_baseline)
@@ -69,6 +75,19 @@ def demo(config_file: str = "configs/study/demo.yaml", full: bool = False) -> di
         print("the study's full setting:  python cli.py demo --full true (see docs/results.md)")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return {"runs": finals, "plot": str(plot)}
+
+
+def middle_line(finals: dict[str, dict]) -> str:
+    """The runs' mean Psi of the middle blocks beside the study baselines' range."""
+    cells = ", ".join(
+        f"{label} {run_metrics(final)['psi_middle']:.4f}" for label, final in finals.items()
+    )
+    low, high = STUDY_MIDDLE_PSI
+    return (
+        f"mean Psi_2..Psi_{{L-1}} (middle blocks): {cells} "
+        f"(the study's baselines at step 600: {low:.4f}-{high:.4f}; "
+        "near 0 would mean idle middle blocks, and J would mean nothing)"
+    )
 
 
 def _label(name: str, jreg: dict) -> str:
