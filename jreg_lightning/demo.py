@@ -5,7 +5,7 @@
    tokens and shards for seq_len 256, in ``data/study_stdlib_mixed`` (reused later).
 2. Train the runs of ``configs/study/demo.yaml``, a baseline and JREG, two at a
    time with one thread each, through the study runner (resumable: rerunning
-   the demo skips what is finished). By default the runs are shortened by the
+   the demo skips what is finished). By default the runs are narrowed and shortened by the
    file's ``overrides``; ``--full true`` trains the study's full setting.
 3. Print both layer profiles side by side with J, J_late, the argmax block and
    the validation loss, write one overlay picture, and say in one sentence how
@@ -37,8 +37,8 @@ def demo(config_file: str = "configs/study/demo.yaml", full: bool = False) -> di
     Args:
         config_file: the demo's study file (``--config``): base fit config, data and the
             two runs; its ``overrides`` shorten the runs.
-        full: train the study's full setting instead (the base config's 600 steps,
-            4 times longer), in ``<output_dir>_full``.
+        full: train the study's full setting instead (the base config: d=256, 600 steps,
+            about 5 times the demo's compute), in ``<output_dir>_full``.
 
     Returns:
         ``{"runs": {name: final validation}, "plot": path}``.
