@@ -36,7 +36,6 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-<<<<<<< HEAD
 # One line each for ``cli.py --help`` (read without importing the commands' modules).
 SUMMARIES: dict[str, str] = {
     "analyze": "layer profiles, J and early-exit losses of checkpoints or models, with pictures",
@@ -49,7 +48,9 @@ SUMMARIES: dict[str, str] = {
     "plan": "memory, throughput and time of a config on a cluster, before running it",
     "prepare": "text (jsonl, txt, parquet, .zst, ...) -> tokenizer and token shards",
     "study": "train a set of runs (baselines, JREG settings, seeds), then the report",
-=======
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Renamed:
     """The current name of an option that a command used to spell another way.
@@ -82,7 +83,6 @@ RENAMED_OPTIONS: dict[str, dict[str, Renamed]] = {
     "consolidate": {"out": Renamed("output")},
     "export": {"out_dir": Renamed("output_dir")},
     "perplexity": {"data": Renamed("data_dir", for_file="text")},
->>>>>>> commands-typed
 }
 
 

@@ -5,7 +5,7 @@
    tokens and shards for seq_len 256, in ``data/study_stdlib_mixed`` (reused later).
 2. Train the runs of ``configs/study/demo.yaml``, a baseline and JREG, two at a
    time with one thread each, through the study runner (resumable: rerunning
-   the demo skips what is finished). By default the runs are shortened by the
+   the demo skips what is finished). By default the runs are narrowed and shortened by the
    file's ``overrides``; ``--full true`` trains the study's full setting.
 3. Print both layer profiles side by side with J, J_late, the argmax block and
    the validation loss, write one overlay picture, and say in one sentence how
@@ -23,7 +23,12 @@ from jreg_tools.analysis.validation_report import format_side_by_side
 from jreg_tools.study.command import ensure_data
 from jreg_tools.study.runner import read_result, train_study
 from jreg_tools.study.spec import load_study
-from jreg_tools.study.verdict import one_sentence
+from jreg_tools.study.verdict import one_sentence, run_metrics
+
+# The mean Psi_2..Psi_{L-1} of the CPU study's three baselines at step 600
+# (docs/results.md): the middle blocks of a model that is learning. A run whose middle
+# blocks idle (far below this) shows a large J that means nothing.
+STUDY_MIDDLE_PSI = (0.0078, 0.0104)
 
 
 def demo(config_file: str = "configs/study/demo.yaml", full: bool = False) -> dict:
@@ -32,8 +37,8 @@ def demo(config_file: str = "configs/study/demo.yaml", full: bool = False) -> di
     Args:
         config_file: the demo's study file (``--config``): base fit config, data and the
             two runs; its ``overrides`` shorten the runs.
-        full: train the study's full setting instead (the base config's 600 steps,
-            4 times longer), in ``<output_dir>_full``.
+        full: train the study's full setting instead (the base config: d=256, 600 steps,
+            about 5 times the demo's compute), in ``<output_dir>_full``.
 
     Returns:
         ``{"runs": {name: final validation}, "plot": path}``.
@@ -59,6 +64,7 @@ def demo(config_file: str = "configs/study/demo.yaml", full: bool = False) -> di
     )
     print()
     print(format_side_by_side({labels[name]: final for name, final in finals.items()}))
+    print(middle_line({labels[name]: final for name, final in finals.items()}))
     print(f"runs (logs, checkpoints):  {spec.output_dir.absolute()}")
     print(f"profile overlay:           {plot}")
     baseline = next(run.name for run in spec.runs if run.is_baseline)
@@ -69,6 +75,19 @@ def demo(config_file: str = "configs/study/demo.yaml", full: bool = False) -> di
         print("the study's full setting:  python cli.py demo --full true (see docs/results.md)")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return {"runs": finals, "plot": str(plot)}
+
+
+def middle_line(finals: dict[str, dict]) -> str:
+    """The runs' mean Psi of the middle blocks beside the study baselines' range."""
+    cells = ", ".join(
+        f"{label} {run_metrics(final)['psi_middle']:.4f}" for label, final in finals.items()
+    )
+    low, high = STUDY_MIDDLE_PSI
+    return (
+        f"mean Psi_2..Psi_{{L-1}} (middle blocks): {cells} "
+        f"(the study's baselines at step 600: {low:.4f}-{high:.4f}; "
+        "near 0 would mean idle middle blocks, and J would mean nothing)"
+    )
 
 
 def _label(name: str, jreg: dict) -> str:

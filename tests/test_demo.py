@@ -34,7 +34,10 @@ def test_study_corpus_is_the_standard_library_source(tmp_path):
         write_demo_corpus(tmp_path / "x.jsonl", kind="nope")
 
 
-def test_shipped_demo_file_is_the_study_model_shortened():
+def test_shipped_demo_file_is_a_narrower_shorter_study_model():
+    """The demo keeps the study's base config, data, depth, vocab, batch and seq_len; it
+    may change only the width, the lr and the run's length and validation (its own setting,
+    where the jump forms in minutes: docs/study_log.md, 2026-12-04)."""
     from jreg_tools.study.runner import run_config
     from jreg_tools.study.spec import load_study
 
@@ -44,13 +47,22 @@ def test_shipped_demo_file_is_the_study_model_shortened():
     )
     assert demo.base == study.base and demo.data == study.data
     assert [run.is_baseline for run in demo.runs] == [True, False]
+    assert demo.runs[1].jreg == {"lam": 30.0, "weights": "linear"}
     assert set(demo.overrides) <= {
+        "model.llama.hidden_size",
+        "model.llama.intermediate_size",
+        "model.optim.lr",
         "trainer.max_steps",
         "trainer.val_check_interval",
         "trainer.limit_val_batches",
         "trainer.callbacks.0.init_args.save_top_k",
     }
-    config = run_config(demo, demo.runs[0])
+    config, full = run_config(demo, demo.runs[0]), run_config(study, study.runs[0])
+    assert config["trainer"]["max_steps"] < full["trainer"]["max_steps"]
+    assert config["model"]["llama"]["hidden_size"] <= full["model"]["llama"]["hidden_size"]
+    for key in ("num_layers", "vocab_size", "num_heads"):
+        assert config["model"]["llama"][key] == full["model"]["llama"][key]
+    assert config["data"] == full["data"]
     assert config["trainer"]["callbacks"][0]["class_path"].endswith("ModelCheckpoint")
     assert config["trainer"]["callbacks"][0]["init_args"]["save_top_k"] == 0
 
@@ -75,6 +87,7 @@ def test_demo_trains_both_runs_and_prints_them_side_by_side(tmp_path, capsys, mo
     for label in ("J ", "J_late", "argmax", "val loss"):
         assert label in out
     assert "x as much as the middle ones" in out and "one seed each" in out
+    assert "mean Psi_2..Psi_{L-1} (middle blocks): baseline " in out
     assert "study: baseline_s1: training (log: " in out  # whole lines, one per status
     assert "study: baseline_s1: done in " in out and "study: linear_lam1: done in " in out
     assert set(report["runs"]) == {"baseline_s1", "linear_lam1"}
@@ -112,3 +125,11 @@ def test_demo_verdict_is_one_sentence_from_the_numbers():
     sentence = one_sentence(_final(0.38, 0.4, 6.17), _final(0.45, 0.5, 6.03))
     assert "turns 0.38x as much as the middle ones (no jump yet: a jump is above 2x)" in sentence
     assert "JREG brings it to 0.45x" in sentence
+
+
+def test_demo_prints_the_middle_blocks_mean_psi_beside_the_study_baselines():
+    from jreg_tools.demo import middle_line
+
+    line = middle_line({"baseline": _final(2.6, 2.7, 3.95), "JREG": _final(0.5, 0.5, 3.9)})
+    assert "baseline 0.0100, JREG 0.0100" in line
+    assert "the study's baselines at step 600: 0.0078-0.0104" in line
