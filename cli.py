@@ -4,9 +4,18 @@
 (a fork that keeps only the training core) fit / validate / test still run.
 """
 
+import importlib.util
 import sys
+from pathlib import Path
 
-from jreg_lightning.usage import usage, wants_usage
+# Loaded by path: importing the jreg_lightning package loads torch (its plain-torch API),
+# and the command list must not wait for that.
+_spec = importlib.util.spec_from_file_location(
+    "jreg_lightning_usage", Path(__file__).resolve().parent / "jreg_lightning" / "usage.py"
+)
+_usage = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_usage)
+usage, wants_usage = _usage.usage, _usage.wants_usage
 
 try:
     from jreg_tools.commands import SUMMARIES

@@ -20,7 +20,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STUDY_FILES = sorted(
     path for path in CONFIGS.rglob("*.yaml") if "base" in (yaml.safe_load(path.read_text()) or {})
 )
-ALL_CONFIGS = sorted(set(CONFIGS.rglob("*.yaml")) - set(STUDY_FILES))
+# base.yaml is parsed through every size config that includes it.
+ALL_CONFIGS = sorted(set(CONFIGS.rglob("*.yaml")) - set(STUDY_FILES) - {CONFIGS / "base.yaml"})
 # Files in these folders are the value of one key (``llama: model/llama_1b.yaml``).
 VALUE_FOLDERS = {"model": "model.llama", "jreg": "model.jreg"}
 # Files in these folders are overlays, passed after a full config (several --config).
